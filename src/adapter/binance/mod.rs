@@ -1,0 +1,370 @@
+//! The Binance spot adapter: WebSocket connections (`meltica-ws-N`), the REST stage
+//! (`meltica-rest`), and the wire types and parsing they share.
+
+pub mod messages;
+pub mod parse;
+pub mod rest;
+pub mod topics;
+pub mod ws;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+
+use self::rest::{BinanceRest, RestError};
+use self::ws::{NativeAck, WsCommand, WsConnection};
+use super::{AdapterStats, InstrumentRegistry, RawBody, RawInstance};
+use crate::config::BinanceConfig;
+use crate::engine::stage::Supervisor;
+use crate::schema::{Instrument, InstrumentInfo, split_canonical};
+
+/// Why the adapter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error("exchange info: {0}")]
+    Rest(#[from] RestError),
+    #[error("none of the configured instruments is listed by the exchange ({0})")]
+    NoInstruments(String),
+    #[error("cannot start thread {name}: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+impl AdapterError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, AdapterError::Rest(e) if e.is_retryable())
+    }
+}
+
+/// Why a snapshot is wanted; resyncs go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotReason {
+    /// The conductor lost sync (or is starting) and needs a snapshot to rebuild the book.
+    Resync,
+    /// A configured periodic poll.
+    Scheduled,
+}
+
+/// A request to the REST stage.
+#[derive(Debug, Clone)]
+pub struct SnapshotRequest {
+    pub instrument: Instrument,
+    pub reason: SnapshotReason,
+}
+
+/// Resolves canonical instruments against `/api/v3/exchangeInfo`. Instruments the exchange
+/// does not list are returned separately, so the rest can run.
+pub fn resolve_instruments(
+    rest: &BinanceRest,
+    names: &[String],
+) -> Result<(InstrumentRegistry, Vec<String>), AdapterError> {
+    let wanted: Vec<(String, String)> = names
+        .iter()
+        .filter_map(|n| split_canonical(n).map(|(b, q)| (n.clone(), format!("{b}{q}"))))
+        .collect();
+    let symbols: Vec<&str> = wanted.iter().map(|(_, s)| s.as_str()).collect();
+    let (found, _) = rest.resolve_symbols(&symbols)?;
+    let mut registry = InstrumentRegistry::default();
+    let mut skipped = Vec::new();
+    for (name, symbol) in &wanted {
+        match found.iter().find(|f| &f.symbol == symbol) {
+            Some(info) if info.status == "TRADING" => {
+                let (tick, step) = info.tick_and_step();
+                registry.insert(InstrumentInfo {
+                    id: 0,
+                    name: format!("{}-{}", info.base_asset, info.quote_asset).into(),
+                    symbol: info.symbol.clone().into(),
+                    stream_prefix: info.symbol.to_ascii_lowercase().into(),
+                    base: info.base_asset.clone().into(),
+                    quote: info.quote_asset.clone().into(),
+                    tick_size: tick,
+                    step_size: step,
+                });
+            }
+            Some(info) => {
+                crate::warn!("{name}: the exchange lists {symbol} as {}; skipped", info.status);
+                skipped.push(name.clone());
+            }
+            None => {
+                crate::warn!("{name}: the exchange does not list {symbol}; skipped");
+                skipped.push(name.clone());
+            }
+        }
+    }
+    if registry.is_empty() {
+        return Err(AdapterError::NoInstruments(names.join(", ")));
+    }
+    Ok((registry, skipped))
+}
+
+struct Conn {
+    tx: Sender<WsCommand>,
+    topics: BTreeSet<String>,
+    handle: JoinHandle<()>,
+}
+
+/// The running adapter: owns its connection threads and the REST stage.
+pub struct BinanceAdapter {
+    cfg: BinanceConfig,
+    registry: Arc<InstrumentRegistry>,
+    stats: Arc<AdapterStats>,
+    tls: Arc<rustls::ClientConfig>,
+    stop: Arc<AtomicBool>,
+    out: Sender<RawInstance>,
+    supervisor: Supervisor,
+    pin: Vec<usize>,
+    conns: Vec<Conn>,
+    rest_handle: Option<JoinHandle<()>>,
+}
+
+impl BinanceAdapter {
+    /// Starts the REST stage; WebSocket connections open as topics are subscribed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        cfg: BinanceConfig,
+        registry: Arc<InstrumentRegistry>,
+        rest: Arc<BinanceRest>,
+        out: Sender<RawInstance>,
+        snapshots: Receiver<SnapshotRequest>,
+        pollers: Vec<(Instrument, Duration)>,
+        supervisor: Supervisor,
+        pin: Vec<usize>,
+    ) -> Result<BinanceAdapter, AdapterError> {
+        let stats = Arc::new(AdapterStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let rest_stage = RestStage {
+            rest,
+            depth: cfg.snapshot.depth,
+            requests: snapshots,
+            out: out.clone(),
+            stop: stop.clone(),
+            stats: stats.clone(),
+            pollers,
+        };
+        let rest_handle = supervisor
+            .spawn("meltica-rest".into(), None, move || rest_stage.run())
+            .map_err(|source| AdapterError::Spawn {
+                name: "meltica-rest".into(),
+                source,
+            })?;
+        Ok(BinanceAdapter {
+            cfg,
+            registry,
+            stats,
+            tls: ws::tls_config(),
+            stop,
+            out,
+            supervisor,
+            pin,
+            conns: Vec::new(),
+            rest_handle: Some(rest_handle),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<AdapterStats> {
+        self.stats.clone()
+    }
+
+    pub fn registry(&self) -> &Arc<InstrumentRegistry> {
+        &self.registry
+    }
+
+    /// Number of WebSocket connection threads.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Subscribes native topics, opening connections as the per-connection limit requires.
+    /// Each affected connection answers on `ack` once the exchange confirmed.
+    pub fn subscribe(&mut self, topics: &[String]) -> Result<Vec<Receiver<NativeAck>>, AdapterError> {
+        let mut per_conn: HashMap<usize, Vec<String>> = HashMap::new();
+        for t in topics {
+            if self.conns.iter().any(|c| c.topics.contains(t)) {
+                continue;
+            }
+            let idx = match self
+                .conns
+                .iter()
+                .position(|c| c.topics.len() < self.cfg.max_streams_per_connection)
+            {
+                Some(i) => i,
+                None => self.open_connection()?,
+            };
+            self.conns[idx].topics.insert(t.clone());
+            per_conn.entry(idx).or_default().push(t.clone());
+        }
+        let mut acks = Vec::new();
+        for (idx, list) in per_conn {
+            let (tx, rx) = bounded(1);
+            let _ = self.conns[idx].tx.send(WsCommand::Subscribe(list, Some(tx)));
+            acks.push(rx);
+        }
+        Ok(acks)
+    }
+
+    /// Unsubscribes native topics from whichever connection carries them.
+    pub fn unsubscribe(&mut self, topics: &[String]) -> Vec<Receiver<NativeAck>> {
+        let mut acks = Vec::new();
+        for c in &mut self.conns {
+            let gone: Vec<String> = topics.iter().filter(|t| c.topics.remove(*t)).cloned().collect();
+            if !gone.is_empty() {
+                let (tx, rx) = bounded(1);
+                let _ = c.tx.send(WsCommand::Unsubscribe(gone, Some(tx)));
+                acks.push(rx);
+            }
+        }
+        acks
+    }
+
+    fn open_connection(&mut self) -> Result<usize, AdapterError> {
+        let id = self.conns.len();
+        let (tx, rx) = unbounded();
+        let conn = WsConnection {
+            id,
+            cfg: self.cfg.clone(),
+            registry: self.registry.clone(),
+            out: self.out.clone(),
+            commands: rx,
+            stop: self.stop.clone(),
+            stats: self.stats.clone(),
+            tls: self.tls.clone(),
+            desired: BTreeSet::new(),
+        };
+        let name = format!("meltica-ws-{id}");
+        let core = (!self.pin.is_empty()).then(|| self.pin[(2 + id) % self.pin.len()]);
+        let handle = self
+            .supervisor
+            .spawn(name.clone(), core, move || conn.run())
+            .map_err(|source| AdapterError::Spawn { name, source })?;
+        self.conns.push(Conn {
+            tx,
+            topics: BTreeSet::new(),
+            handle,
+        });
+        Ok(id)
+    }
+
+    /// Stops every adapter thread and waits for them. Downstream sees its input close.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.conns.drain(..) {
+            drop(c.tx);
+            let _ = c.handle.join();
+        }
+        if let Some(h) = self.rest_handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The `meltica-rest` stage: depth snapshots on demand and on schedule, resyncs first,
+/// one at a time under the shared request-weight budget.
+struct RestStage {
+    rest: Arc<BinanceRest>,
+    depth: u32,
+    requests: Receiver<SnapshotRequest>,
+    out: Sender<RawInstance>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<AdapterStats>,
+    pollers: Vec<(Instrument, Duration)>,
+}
+
+impl RestStage {
+    fn run(self) {
+        let mut queue: VecDeque<SnapshotRequest> = VecDeque::new();
+        let mut queued: BTreeSet<u32> = BTreeSet::new();
+        let now = Instant::now();
+        let mut next_poll: Vec<Instant> = self.pollers.iter().map(|(_, every)| now + *every).collect();
+        let mut not_before = Instant::now();
+        let mut failures: u32 = 0;
+        while !self.stop.load(Ordering::Relaxed) {
+            let wait = if queue.is_empty() { Duration::from_millis(50) } else { Duration::ZERO };
+            match self.requests.recv_timeout(wait) {
+                Ok(r) => enqueue(&mut queue, &mut queued, r),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    if queue.is_empty() {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+            while let Ok(r) = self.requests.try_recv() {
+                enqueue(&mut queue, &mut queued, r);
+            }
+            let now = Instant::now();
+            for (i, (inst, every)) in self.pollers.iter().enumerate() {
+                if now >= next_poll[i] {
+                    next_poll[i] = now + *every;
+                    enqueue(&mut queue, &mut queued, SnapshotRequest {
+                        instrument: inst.clone(),
+                        reason: SnapshotReason::Scheduled,
+                    });
+                }
+            }
+            if now < not_before {
+                std::thread::sleep((not_before - now).min(Duration::from_millis(50)));
+                continue;
+            }
+            let Some(req) = queue.pop_front() else {
+                continue;
+            };
+            match self.rest.depth(req.instrument.symbol(), self.depth) {
+                Ok(snap) => {
+                    failures = 0;
+                    queued.remove(&req.instrument.id());
+                    self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .rest_weight_used
+                        .store(u64::from(self.rest.weight_used()), Ordering::Relaxed);
+                    let raw = RawInstance {
+                        instrument: req.instrument,
+                        ingress_ns: crate::clock::mono_ns(),
+                        body: RawBody::DepthSnapshot(snap, crate::clock::wall_ms()),
+                    };
+                    if self.out.send(raw).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                    failures = failures.saturating_add(1);
+                    let delay = e.retry_after().unwrap_or_else(|| {
+                        Duration::from_millis((200u64 << failures.min(8)).min(30_000))
+                    });
+                    crate::warn!("snapshot of {} failed: {e}; retrying in {delay:?}", req.instrument);
+                    not_before = Instant::now() + delay;
+                    if e.is_retryable() || req.reason == SnapshotReason::Resync {
+                        queue.push_front(req);
+                    } else {
+                        queued.remove(&req.instrument.id());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn enqueue(queue: &mut VecDeque<SnapshotRequest>, queued: &mut BTreeSet<u32>, r: SnapshotRequest) {
+    let id = r.instrument.id();
+    if queued.contains(&id) {
+        // Already waiting; a resync overtakes a scheduled poll of the same instrument.
+        if r.reason == SnapshotReason::Resync
+            && let Some(pos) = queue.iter().position(|q| q.instrument.id() == id) {
+                let mut q = queue.remove(pos).expect("position is in range");
+                q.reason = SnapshotReason::Resync;
+                queue.push_front(q);
+            }
+        return;
+    }
+    queued.insert(id);
+    match r.reason {
+        SnapshotReason::Resync => queue.push_front(r),
+        SnapshotReason::Scheduled => queue.push_back(r),
+    }
+}

@@ -1,0 +1,408 @@
+//! One WebSocket connection to Binance's combined-stream endpoint, on its own thread
+//! (`meltica-ws-N`): subscribe with ids and wait for confirmation, stay under the client
+//! message limit, answer pings, watch for silence, and reconnect with backoff and jitter,
+//! resubscribing everything it carried.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Connector, Message, WebSocket};
+
+use super::parse::{Frame, ParseError, parse_frame};
+use crate::adapter::{AdapterStats, InstrumentRegistry, LocalStats, RawInstance};
+use crate::clock;
+use crate::config::BinanceConfig;
+
+/// How long a read waits before the loop looks at commands and timers.
+const POLL: Duration = Duration::from_millis(5);
+/// Streams per SUBSCRIBE message.
+const TOPICS_PER_MESSAGE: usize = 200;
+/// Binance cuts connections at 24 h; roll over before that.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(23 * 3600 + 30 * 60);
+
+/// The outcome of a subscription request, once the exchange answered.
+pub type NativeAck = Result<(), String>;
+
+/// Requests to a connection thread.
+#[derive(Debug)]
+pub enum WsCommand {
+    Subscribe(Vec<String>, Option<Sender<NativeAck>>),
+    Unsubscribe(Vec<String>, Option<Sender<NativeAck>>),
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    Stopped,
+    Lost(String),
+}
+
+struct Pending {
+    acks: Vec<Sender<NativeAck>>,
+}
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+pub(crate) struct WsConnection {
+    pub id: usize,
+    pub cfg: BinanceConfig,
+    pub registry: Arc<InstrumentRegistry>,
+    pub out: Sender<RawInstance>,
+    pub commands: Receiver<WsCommand>,
+    pub stop: Arc<AtomicBool>,
+    pub stats: Arc<AdapterStats>,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub desired: BTreeSet<String>,
+}
+
+impl WsConnection {
+    pub fn run(mut self) {
+        let mut attempt: u32 = 0;
+        // Acks of requests whose session died before the exchange answered.
+        let mut carried: Vec<Sender<NativeAck>> = Vec::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            self.drain_commands_offline(&mut carried);
+            match self.connect() {
+                Ok(ws) => {
+                    if attempt > 0 {
+                        crate::info!("connection {} re-established; resubscribing {} streams", self.id, self.desired.len());
+                    }
+                    attempt = 0;
+                    self.stats.connections.fetch_add(1, Ordering::Relaxed);
+                    let end = self.session(ws, &mut carried);
+                    self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                    match end {
+                        SessionEnd::Stopped => break,
+                        SessionEnd::Lost(why) => crate::warn!("connection {} lost: {why}", self.id),
+                    }
+                }
+                Err(e) => crate::warn!("connection {} to {} failed: {e}", self.id, self.cfg.ws_url),
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            let delay = backoff(&self.cfg, attempt);
+            attempt = attempt.saturating_add(1);
+            crate::info!("connection {} reconnecting in {delay:?}", self.id);
+            let until = Instant::now() + delay;
+            while Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(POLL.min(until.saturating_duration_since(Instant::now())));
+            }
+        }
+        for ack in carried {
+            let _ = ack.send(Err("engine stopped".into()));
+        }
+    }
+
+    /// While disconnected, commands only change what the next session subscribes to.
+    fn drain_commands_offline(&mut self, carried: &mut Vec<Sender<NativeAck>>) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                WsCommand::Subscribe(topics, ack) => {
+                    self.desired.extend(topics);
+                    carried.extend(ack);
+                }
+                WsCommand::Unsubscribe(topics, ack) => {
+                    for t in &topics {
+                        self.desired.remove(t);
+                    }
+                    if let Some(a) = ack {
+                        let _ = a.send(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn connect(&self) -> Result<Ws, String> {
+        let request = self
+            .cfg
+            .ws_url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| format!("bad URL: {e}"))?;
+        let host = request.uri().host().ok_or("URL has no host")?.to_owned();
+        let tls = request.uri().scheme_str() == Some("wss");
+        let port = request.uri().port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let addrs = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+        let mut last = String::from("no address");
+        let mut stream = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, self.cfg.handshake_timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        let stream = stream.ok_or_else(|| format!("cannot connect to {host}:{port}: {last}"))?;
+        let _ = stream.set_nodelay(true);
+        stream
+            .set_read_timeout(Some(self.cfg.handshake_timeout))
+            .and_then(|_| stream.set_write_timeout(Some(self.cfg.handshake_timeout)))
+            .map_err(|e| e.to_string())?;
+        let connector = if tls {
+            Connector::Rustls(self.tls.clone())
+        } else {
+            Connector::Plain
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(16 << 20))
+            .max_frame_size(Some(16 << 20));
+        let (ws, _resp) =
+            tungstenite::client_tls_with_config(request, stream, Some(config), Some(connector))
+                .map_err(|e| format!("handshake failed: {e}"))?;
+        tcp(&ws)
+            .set_read_timeout(Some(POLL))
+            .map_err(|e| e.to_string())?;
+        Ok(ws)
+    }
+
+    fn session(&mut self, mut ws: Ws, carried: &mut Vec<Sender<NativeAck>>) -> SessionEnd {
+        let started = Instant::now();
+        let mut next_id: u64 = 1;
+        let mut outbox: VecDeque<(u64, String, Pending)> = VecDeque::new();
+        let mut pending: HashMap<u64, Pending> = HashMap::new();
+        let topics: Vec<String> = self.desired.iter().cloned().collect();
+        let mut first = true;
+        for chunk in topics.chunks(TOPICS_PER_MESSAGE) {
+            let acks = if first { std::mem::take(carried) } else { Vec::new() };
+            first = false;
+            outbox.push_back((next_id, request("SUBSCRIBE", chunk, next_id), Pending { acks }));
+            next_id += 1;
+        }
+        for ack in carried.drain(..) {
+            let _ = ack.send(Ok(()));
+        }
+        let min_gap = Duration::from_secs(1) / self.cfg.messages_per_second.max(1);
+        let mut last_sent: Option<Instant> = None;
+        let mut last_data = Instant::now();
+        let mut local = LocalStats::default();
+        let mut batch = 0u32;
+        loop {
+            let mut idle = false;
+            match ws.read() {
+                Ok(Message::Text(text)) => {
+                    last_data = Instant::now();
+                    local.frames += 1;
+                    let ingress = clock::mono_ns();
+                    match parse_frame(text.as_str(), &self.registry, ingress) {
+                        Ok(Frame::Instance(raw)) => {
+                            local.instances += 1;
+                            if self.out.send(raw).is_err() {
+                                local.flush(&self.stats);
+                                return SessionEnd::Stopped;
+                            }
+                        }
+                        Ok(Frame::Response(r)) => {
+                            if let Some(p) = pending.remove(&r.id) {
+                                let result = match r.error {
+                                    None => Ok(()),
+                                    Some(e) => {
+                                        crate::warn!("connection {}: request {} refused: {e}", self.id, r.id);
+                                        Err(e)
+                                    }
+                                };
+                                for a in p.acks {
+                                    let _ = a.send(result.clone());
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            match e {
+                                ParseError::Malformed => local.malformed += 1,
+                                ParseError::UnknownType => local.unknown_type += 1,
+                                ParseError::UnknownSymbol => local.unknown_symbol += 1,
+                            }
+                            crate::debug!("connection {}: {e}: {:.200}", self.id, text.as_str());
+                        }
+                    }
+                }
+                Ok(Message::Binary(_)) => {
+                    last_data = Instant::now();
+                    local.frames += 1;
+                    local.malformed += 1;
+                }
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {
+                    last_data = Instant::now();
+                }
+                Ok(Message::Close(frame)) => {
+                    local.flush(&self.stats);
+                    let why = frame.map_or("close frame".to_string(), |f| format!("closed by server: {} {}", f.code, f.reason));
+                    let _ = ws.flush();
+                    return SessionEnd::Lost(why);
+                }
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    idle = true;
+                }
+                Err(e) => {
+                    local.flush(&self.stats);
+                    return SessionEnd::Lost(e.to_string());
+                }
+            }
+            batch += 1;
+            if !idle && batch < 256 {
+                continue;
+            }
+            batch = 0;
+            local.flush(&self.stats);
+            if self.stop.load(Ordering::Relaxed) {
+                let _ = ws.close(None);
+                let _ = ws.flush();
+                return SessionEnd::Stopped;
+            }
+            loop {
+                match self.commands.try_recv() {
+                    Ok(WsCommand::Subscribe(topics, ack)) => {
+                        let new: Vec<String> = topics.into_iter().filter(|t| self.desired.insert(t.clone())).collect();
+                        if new.is_empty() {
+                            if let Some(a) = ack {
+                                let _ = a.send(Ok(()));
+                            }
+                            continue;
+                        }
+                        for (i, chunk) in new.chunks(TOPICS_PER_MESSAGE).enumerate() {
+                            let acks = if i == 0 { ack.iter().cloned().collect() } else { Vec::new() };
+                            outbox.push_back((next_id, request("SUBSCRIBE", chunk, next_id), Pending { acks }));
+                            next_id += 1;
+                        }
+                    }
+                    Ok(WsCommand::Unsubscribe(topics, ack)) => {
+                        let gone: Vec<String> = topics.into_iter().filter(|t| self.desired.remove(t)).collect();
+                        if gone.is_empty() {
+                            if let Some(a) = ack {
+                                let _ = a.send(Ok(()));
+                            }
+                            continue;
+                        }
+                        outbox.push_back((next_id, request("UNSUBSCRIBE", &gone, next_id), Pending { acks: ack.into_iter().collect() }));
+                        next_id += 1;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        let _ = ws.close(None);
+                        let _ = ws.flush();
+                        return SessionEnd::Stopped;
+                    }
+                }
+            }
+            // One client message per `min_gap`: Binance counts them, pings and pongs too.
+            if !outbox.is_empty() && last_sent.is_none_or(|t| t.elapsed() >= min_gap)
+                && let Some((id, text, p)) = outbox.pop_front() {
+                    if let Err(e) = ws.send(Message::text(text)) {
+                        for a in p.acks {
+                            carried.push(a);
+                        }
+                        return SessionEnd::Lost(format!("send failed: {e}"));
+                    }
+                    pending.insert(id, p);
+                    last_sent = Some(Instant::now());
+                }
+            // Push out queued pongs.
+            if let Err(e) = ws.flush()
+                && !is_would_block(&e) {
+                    return SessionEnd::Lost(format!("flush failed: {e}"));
+                }
+            if last_data.elapsed() > self.cfg.no_data_timeout {
+                carry_pending(&mut pending, &mut outbox, carried);
+                return SessionEnd::Lost(format!("no data for {:?}", self.cfg.no_data_timeout));
+            }
+            if started.elapsed() > MAX_CONNECTION_AGE {
+                carry_pending(&mut pending, &mut outbox, carried);
+                let _ = ws.close(None);
+                let _ = ws.flush();
+                return SessionEnd::Lost("rolling over before Binance's 24 h cut".into());
+            }
+        }
+    }
+}
+
+fn carry_pending(
+    pending: &mut HashMap<u64, Pending>,
+    outbox: &mut VecDeque<(u64, String, Pending)>,
+    carried: &mut Vec<Sender<NativeAck>>,
+) {
+    for (_, p) in pending.drain() {
+        carried.extend(p.acks);
+    }
+    for (_, _, p) in outbox.drain(..) {
+        carried.extend(p.acks);
+    }
+}
+
+fn is_would_block(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+}
+
+fn tcp(ws: &Ws) -> &TcpStream {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(s) => s,
+        MaybeTlsStream::Rustls(s) => s.get_ref(),
+        _ => unreachable!("only plain and rustls streams are built"),
+    }
+}
+
+/// `{"method":"SUBSCRIBE","params":[…],"id":N}`.
+pub fn request(method: &str, topics: &[String], id: u64) -> String {
+    serde_json::json!({"method": method, "params": topics, "id": id}).to_string()
+}
+
+/// Exponential backoff with jitter: a delay in [cap/2, cap], cap = min(max, initial·2^attempt).
+pub fn backoff(cfg: &BinanceConfig, attempt: u32) -> Duration {
+    let initial = cfg.reconnect.initial.as_millis() as u64;
+    let cap = initial
+        .saturating_mul(1u64 << attempt.min(20))
+        .min(cfg.reconnect.max.as_millis() as u64)
+        .max(1);
+    Duration::from_millis(cap / 2 + fastrand::u64(0..=cap / 2))
+}
+
+/// The TLS client configuration for wss:// (ring provider, webpki roots).
+pub fn tls_config() -> Arc<rustls::ClientConfig> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let cfg = Config::default().adapter.binance;
+        for attempt in 0..30 {
+            let d = backoff(&cfg, attempt);
+            let cap = (250u64 << attempt.min(20)).min(30_000);
+            assert!(d.as_millis() as u64 >= cap / 2 && d.as_millis() as u64 <= cap, "{attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn subscribe_request_shape() {
+        let r = request("SUBSCRIBE", &["btcusdt@trade".into()], 7);
+        let v: serde_json::Value = serde_json::from_str(&r).unwrap();
+        assert_eq!(v, serde_json::json!({"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":7}));
+    }
+}

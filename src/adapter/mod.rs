@@ -1,0 +1,112 @@
+//! Adapters own everything exchange-specific: sockets, the wire protocol, parsing. What
+//! leaves an adapter is a typed [`RawInstance`]; nothing downstream sees JSON.
+
+pub mod binance;
+pub mod registry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use binance::messages::{
+    BinanceAggTrade, BinanceBookTicker, BinanceDepthSnapshot, BinanceDepthUpdate, BinanceTicker,
+    BinanceTrade,
+};
+pub use registry::InstrumentRegistry;
+
+use crate::schema::Instrument;
+
+/// One parsed exchange message, bound to a known instrument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawInstance {
+    pub instrument: Instrument,
+    /// [`crate::clock::mono_ns`] when the frame was read.
+    pub ingress_ns: u64,
+    pub body: RawBody,
+}
+
+/// The venue-typed content of a [`RawInstance`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawBody {
+    DepthUpdate(BinanceDepthUpdate),
+    Trade(BinanceTrade),
+    AggTrade(BinanceAggTrade),
+    BookTicker(BinanceBookTicker),
+    Ticker(Box<BinanceTicker>),
+    /// A REST depth snapshot, with the wall time it was received.
+    DepthSnapshot(BinanceDepthSnapshot, i64),
+}
+
+/// Counters shared by an adapter's threads; each thread adds its local counts per batch.
+#[derive(Debug, Default)]
+pub struct AdapterStats {
+    pub frames: AtomicU64,
+    pub instances: AtomicU64,
+    pub malformed: AtomicU64,
+    pub unknown_type: AtomicU64,
+    pub unknown_symbol: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub connections: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub snapshot_failures: AtomicU64,
+    pub rest_weight_used: AtomicU64,
+}
+
+/// A thread's local view of [`AdapterStats`], flushed with [`LocalStats::flush`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalStats {
+    pub frames: u64,
+    pub instances: u64,
+    pub malformed: u64,
+    pub unknown_type: u64,
+    pub unknown_symbol: u64,
+}
+
+impl LocalStats {
+    pub fn flush(&mut self, into: &AdapterStats) {
+        if self.frames == 0 {
+            return;
+        }
+        into.frames.fetch_add(self.frames, Ordering::Relaxed);
+        into.instances.fetch_add(self.instances, Ordering::Relaxed);
+        into.malformed.fetch_add(self.malformed, Ordering::Relaxed);
+        into.unknown_type
+            .fetch_add(self.unknown_type, Ordering::Relaxed);
+        into.unknown_symbol
+            .fetch_add(self.unknown_symbol, Ordering::Relaxed);
+        *self = LocalStats::default();
+    }
+}
+
+/// A snapshot of [`AdapterStats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AdapterCounts {
+    pub frames: u64,
+    pub instances: u64,
+    pub malformed: u64,
+    pub unknown_type: u64,
+    pub unknown_symbol: u64,
+    pub reconnects: u64,
+    pub connections: u64,
+    pub snapshots: u64,
+    pub snapshot_failures: u64,
+}
+
+impl AdapterStats {
+    pub fn counts(&self) -> AdapterCounts {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        AdapterCounts {
+            frames: l(&self.frames),
+            instances: l(&self.instances),
+            malformed: l(&self.malformed),
+            unknown_type: l(&self.unknown_type),
+            unknown_symbol: l(&self.unknown_symbol),
+            reconnects: l(&self.reconnects),
+            connections: l(&self.connections),
+            snapshots: l(&self.snapshots),
+            snapshot_failures: l(&self.snapshot_failures),
+        }
+    }
+}
+
+/// Shared handle on adapter counters.
+pub type SharedAdapterStats = Arc<AdapterStats>;

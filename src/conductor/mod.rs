@@ -1,0 +1,343 @@
+//! The conductor stage (`meltica-conductor`): keeps one local book per instrument in sync
+//! with the exchange (diffs fused with REST snapshots), publishes `ANALYTICS.FUSED` at most
+//! once per throttle window per instrument, writes each fused book to the snapshot store,
+//! and passes every other event through to the data bus.
+
+pub mod book;
+pub mod sync;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use self::sync::{BookSync, Step, SyncStatus};
+use crate::adapter::binance::{SnapshotReason, SnapshotRequest};
+use crate::bus::DataBus;
+use crate::clock;
+use crate::config::{ConductorConfig, WaitStrategy};
+use crate::dispatcher::Staged;
+use crate::engine::stage::recv_until;
+use crate::schema::{Event, EventType, FusedBook, Instrument, Payload, Quality, TraceId};
+use crate::snapshot::memory::{Cell, MemorySnapshotStore};
+use crate::snapshot::{Key, StoreError};
+
+/// Counters of the conductor, readable from any thread.
+#[derive(Debug)]
+pub struct ConductorStats {
+    /// Published events per instrument id and type.
+    pub published: Vec<[AtomicU64; EventType::COUNT]>,
+    /// Fused states replaced within a throttle window, per instrument.
+    pub coalesced: Vec<AtomicU64>,
+    /// Book input consumed without publishing (routed to the book only).
+    pub consumed: AtomicU64,
+    pub resyncs: Vec<AtomicU64>,
+    /// 0 syncing, 1 live, 2 stale.
+    pub status: Vec<AtomicU8>,
+    pub cas_conflicts: AtomicU64,
+    pub ignored_diffs: AtomicU64,
+}
+
+impl ConductorStats {
+    pub fn new(instruments: usize) -> Self {
+        ConductorStats {
+            published: (0..instruments).map(|_| Default::default()).collect(),
+            coalesced: (0..instruments).map(|_| AtomicU64::new(0)).collect(),
+            consumed: AtomicU64::new(0),
+            resyncs: (0..instruments).map(|_| AtomicU64::new(0)).collect(),
+            status: (0..instruments).map(|_| AtomicU8::new(0)).collect(),
+            cas_conflicts: AtomicU64::new(0),
+            ignored_diffs: AtomicU64::new(0),
+        }
+    }
+
+    pub fn status(&self, id: u32) -> Quality {
+        match self.status[id as usize].load(Ordering::Relaxed) {
+            1 => Quality::Live,
+            2 => Quality::Stale,
+            _ => Quality::Syncing,
+        }
+    }
+
+    /// Published count of a type, over all instruments.
+    pub fn published_of(&self, t: EventType) -> u64 {
+        self.published
+            .iter()
+            .map(|p| p[t.index()].load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+struct Slot {
+    instrument: Instrument,
+    sync: BookSync,
+    needs_book: bool,
+    fuses: bool,
+    fused_seq: u64,
+    last_publish: Option<Instant>,
+    dirty: bool,
+    last_diff: Instant,
+    last_ingress_ns: u64,
+    last_trace: TraceId,
+    cell: Cell,
+    version: u64,
+}
+
+/// The conductor stage.
+pub struct Conductor {
+    cfg: ConductorConfig,
+    slots: Vec<Slot>,
+    snapshots: Sender<SnapshotRequest>,
+    bus: Arc<dyn DataBus>,
+    stats: Arc<ConductorStats>,
+    local_published: Vec<[u64; EventType::COUNT]>,
+    local_consumed: u64,
+}
+
+impl Conductor {
+    /// `books[i]` = (needs a local book, publishes fused books) for instrument id `i`.
+    pub fn new(
+        cfg: ConductorConfig,
+        instruments: &[Instrument],
+        books: &[(bool, bool)],
+        snapshots: Sender<SnapshotRequest>,
+        bus: Arc<dyn DataBus>,
+        store: &MemorySnapshotStore,
+        stats: Arc<ConductorStats>,
+    ) -> Self {
+        let now = Instant::now();
+        let slots = instruments
+            .iter()
+            .zip(books)
+            .map(|(i, &(needs_book, fuses))| Slot {
+                instrument: i.clone(),
+                sync: BookSync::new(),
+                needs_book,
+                fuses,
+                fused_seq: 0,
+                last_publish: None,
+                dirty: false,
+                last_diff: now,
+                last_ingress_ns: 0,
+                last_trace: TraceId::NONE,
+                cell: store.cell(&Key::fused(i.name())),
+                version: 0,
+            })
+            .collect();
+        Conductor {
+            cfg,
+            slots,
+            snapshots,
+            bus,
+            stats,
+            local_published: vec![[0; EventType::COUNT]; instruments.len()],
+            local_consumed: 0,
+        }
+    }
+
+    /// Runs until `input` closes and is drained; publishes pending fused books on the way out.
+    pub fn run(mut self, input: Receiver<Staged>, wait: WaitStrategy) {
+        let tick = Duration::from_millis(50);
+        loop {
+            let now = Instant::now();
+            let deadline = self.next_deadline(now).unwrap_or(now + tick).min(now + tick);
+            match recv_until(&input, deadline, wait) {
+                Ok(Some(first)) => {
+                    let mut next = Some(first);
+                    let mut n = 0;
+                    while let Some(s) = next {
+                        self.handle(s);
+                        n += 1;
+                        next = if n < 1024 { input.try_recv().ok() } else { None };
+                    }
+                }
+                Ok(None) => {}
+                Err(()) => break,
+            }
+            self.timers(Instant::now());
+            self.flush_stats();
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].dirty {
+                self.publish_fused(i, Instant::now());
+            }
+        }
+        self.flush_stats();
+    }
+
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter(|s| s.dirty)
+            .map(|s| s.last_publish.map_or(now, |t| t + self.cfg.throttle))
+            .min()
+    }
+
+    fn handle(&mut self, staged: Staged) {
+        let Staged { mut event, publish } = staged;
+        let Some(id) = event.instrument.as_ref().map(|i| i.id() as usize) else {
+            self.emit(event);
+            return;
+        };
+        let now = Instant::now();
+        if self.slots[id].needs_book {
+            let step = match &event.payload {
+                Payload::Delta(d) => {
+                    let slot = &mut self.slots[id];
+                    slot.last_diff = now;
+                    slot.last_ingress_ns = event.ingress_ns;
+                    slot.last_trace = event.trace_id;
+                    let step = slot.sync.on_delta(d);
+                    event.quality = slot.sync.status.quality();
+                    Some(step)
+                }
+                Payload::Snapshot(s) => {
+                    let slot = &mut self.slots[id];
+                    slot.last_ingress_ns = event.ingress_ns;
+                    slot.last_trace = event.trace_id;
+                    Some(slot.sync.on_snapshot(s))
+                }
+                _ => None,
+            };
+            if let Some(step) = step {
+                self.after_step(id, step, now);
+            }
+        }
+        if publish {
+            self.emit(event);
+        } else {
+            self.local_consumed += 1;
+        }
+    }
+
+    fn after_step(&mut self, id: usize, step: Step, now: Instant) {
+        let slot = &mut self.slots[id];
+        if step.ignored {
+            self.stats.ignored_diffs.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(e) = step.lost {
+            crate::info!("{}: {e}; resyncing", slot.instrument);
+            self.stats.resyncs[id].store(slot.sync.resyncs, Ordering::Relaxed);
+        }
+        if step.request_snapshot {
+            let _ = self.snapshots.send(SnapshotRequest {
+                instrument: slot.instrument.clone(),
+                reason: SnapshotReason::Resync,
+            });
+        }
+        if step.status_changed {
+            let code = match slot.sync.status {
+                SyncStatus::Syncing => 0,
+                SyncStatus::Live => 1,
+                SyncStatus::Stale => 2,
+            };
+            self.stats.status[id].store(code, Ordering::Relaxed);
+            crate::info!("{}: book {}", slot.instrument, slot.sync.status.quality());
+            // Status changes are published as they happen, outside the throttle.
+            if slot.fuses {
+                self.publish_fused(id, now);
+            }
+        } else if step.changed && slot.fuses && slot.sync.in_sync() {
+            if slot.dirty {
+                self.stats.coalesced[id].fetch_add(1, Ordering::Relaxed);
+            }
+            slot.dirty = true;
+            let due = slot.last_publish.is_none_or(|t| now.duration_since(t) >= self.cfg.throttle);
+            if due {
+                self.publish_fused(id, now);
+            }
+        }
+    }
+
+    fn timers(&mut self, now: Instant) {
+        for id in 0..self.slots.len() {
+            let s = &self.slots[id];
+            if s.dirty && s.last_publish.is_none_or(|t| now.duration_since(t) >= self.cfg.throttle) {
+                self.publish_fused(id, now);
+            }
+            let s = &mut self.slots[id];
+            if s.needs_book && s.sync.status == SyncStatus::Live && now.duration_since(s.last_diff) > self.cfg.staleness {
+                let step = s.sync.mark_stale();
+                self.after_step(id, step, now);
+            }
+        }
+    }
+
+    fn publish_fused(&mut self, id: usize, now: Instant) {
+        let depth = self.cfg.book_depth;
+        let slot = &mut self.slots[id];
+        slot.dirty = false;
+        slot.last_publish = Some(now);
+        let status = slot.sync.status.quality();
+        let mut fused = FusedBook {
+            last_update_id: slot.sync.book.last_update_id,
+            status,
+            bids: Vec::new(),
+            asks: Vec::new(),
+        };
+        // A book that is not in sync is never published with content.
+        if slot.sync.in_sync() {
+            fused.bids.reserve_exact(depth.min(slot.sync.book.bids.len()));
+            fused.asks.reserve_exact(depth.min(slot.sync.book.asks.len()));
+            slot.sync.book.top_into(depth, &mut fused.bids, &mut fused.asks);
+        }
+        let book = Arc::new(fused);
+        loop {
+            match MemorySnapshotStore::cas_cell(&slot.cell, slot.version, book.clone()) {
+                Ok(v) => {
+                    slot.version = v;
+                    break;
+                }
+                Err(StoreError::Conflict { current, .. }) => {
+                    self.stats.cas_conflicts.fetch_add(1, Ordering::Relaxed);
+                    slot.version = current.map_or(0, |r| r.version);
+                }
+                Err(e) => {
+                    crate::warn!("{}: snapshot store: {e}", slot.instrument);
+                    break;
+                }
+            }
+        }
+        slot.fused_seq += 1;
+        let event = Event {
+            event_type: EventType::AnalyticsFused,
+            source: "meltica.conductor",
+            ts_ms: clock::wall_ms(),
+            instrument: Some(slot.instrument.clone()),
+            seq: slot.fused_seq,
+            payload: Payload::Fused(book),
+            ingress_ns: slot.last_ingress_ns,
+            latency_ns: 0,
+            trace_id: slot.last_trace,
+            quality: status,
+        };
+        self.emit(event);
+    }
+
+    #[inline]
+    fn emit(&mut self, mut event: Event) {
+        if event.ingress_ns != 0 {
+            event.latency_ns = clock::mono_ns().saturating_sub(event.ingress_ns);
+        }
+        if let Some(i) = &event.instrument {
+            self.local_published[i.id() as usize][event.event_type.index()] += 1;
+        }
+        self.bus.publish(Arc::new(event));
+    }
+
+    fn flush_stats(&mut self) {
+        for (local, shared) in self.local_published.iter_mut().zip(&self.stats.published) {
+            for (l, s) in local.iter_mut().zip(shared) {
+                if *l != 0 {
+                    s.fetch_add(*l, Ordering::Relaxed);
+                    *l = 0;
+                }
+            }
+        }
+        if self.local_consumed != 0 {
+            self.stats.consumed.fetch_add(self.local_consumed, Ordering::Relaxed);
+            self.local_consumed = 0;
+        }
+    }
+}

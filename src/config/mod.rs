@@ -1,0 +1,424 @@
+//! Configuration: the runtime structs, their defaults (all in this file), loading from YAML
+//! with every problem reported at once ([`validate`]), and environment overrides ([`env`]).
+
+pub mod env;
+pub mod node;
+pub mod render;
+pub mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::schema::EventType;
+
+pub use node::Loc;
+
+/// The effective configuration of an engine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Instruments to stream, canonical `BASE-QUOTE`.
+    pub instruments: Vec<String>,
+    pub adapter: AdapterConfig,
+    pub dispatcher: DispatcherConfig,
+    pub conductor: ConductorConfig,
+    pub snapshot_store: SnapshotStoreConfig,
+    pub bus: BusConfig,
+    pub control: ControlConfig,
+    pub telemetry: TelemetryConfig,
+    pub threads: ThreadsConfig,
+    /// Log level for stderr: `error`, `warn`, `info`, `debug`.
+    pub log: LogLevel,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterConfig {
+    pub binance: BinanceConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BinanceConfig {
+    /// Combined-stream base, e.g. `wss://stream.binance.com:9443/stream`.
+    pub ws_url: String,
+    /// REST base, e.g. `https://api.binance.com`.
+    pub rest_url: String,
+    pub handshake_timeout: Duration,
+    /// A connection that delivers nothing (not even a ping) for this long is replaced.
+    pub no_data_timeout: Duration,
+    pub reconnect: BackoffConfig,
+    pub snapshot: SnapshotFetchConfig,
+    /// `TRADE` comes from `@trade` or `@aggTrade`.
+    pub trade_stream: TradeStream,
+    /// Binance allows 1024 streams per connection; another connection opens beyond it.
+    pub max_streams_per_connection: usize,
+    /// Binance allows 5 client messages per second per connection.
+    pub messages_per_second: u32,
+    pub rest_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackoffConfig {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotFetchConfig {
+    /// `limit` of `/api/v3/depth`: 5, 10, 20, 50, 100, 500, 1000 or 5000.
+    pub depth: u32,
+    /// Periodic snapshot refresh; zero fetches only on subscription and resync.
+    pub interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TradeStream {
+    Trade,
+    AggTrade,
+}
+
+impl TradeStream {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            TradeStream::Trade => "trade",
+            TradeStream::AggTrade => "aggTrade",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct DispatcherConfig {
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One route of the dispatch table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteConfig {
+    pub event_type: EventType,
+    /// Instruments this route covers; empty means every configured instrument.
+    pub instruments: Vec<String>,
+    /// Extra native WebSocket topics to subscribe besides the derived ones.
+    pub ws_topics: Vec<String>,
+    pub rest_pollers: Vec<PollerConfig>,
+    pub filters: Vec<FilterConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PollerConfig {
+    pub name: String,
+    /// REST path; `/api/v3/depth` is supported.
+    pub endpoint: String,
+    pub interval: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterConfig {
+    /// `instrument`, `market`, or a payload field (`side`).
+    pub field: String,
+    pub op: FilterOp,
+    pub value: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterOp {
+    Eq,
+    Neq,
+    In,
+    Prefix,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConductorConfig {
+    /// Levels per side in `ANALYTICS.FUSED`.
+    pub book_depth: usize,
+    /// Per-instrument publish window for fused books; zero publishes every change.
+    pub throttle: Duration,
+    /// A book with no diff for this long turns `stale`.
+    pub staleness: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotStoreConfig {
+    pub backend: Backend,
+    pub ttl: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BusConfig {
+    pub backend: Backend,
+    /// Capacity of each channel between stages.
+    pub stage_queue: usize,
+    /// Default capacity of a subscriber's queue.
+    pub subscriber_queue: usize,
+    /// Default backpressure policy of a subscriber.
+    pub policy: BackpressurePolicy,
+}
+
+/// What a subscriber's queue does when it is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackpressurePolicy {
+    /// Lossless: the publisher waits.
+    Block,
+    DropOldest,
+    DropNewest,
+}
+
+impl BackpressurePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackpressurePolicy::Block => "block",
+            BackpressurePolicy::DropOldest => "drop_oldest",
+            BackpressurePolicy::DropNewest => "drop_newest",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlConfig {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP endpoint; none means no-op providers.
+    pub endpoint: Option<String>,
+    pub service_name: String,
+    /// Trace sampling ratio in [0, 1].
+    pub sampling: f64,
+    pub disabled: bool,
+    pub batch_delay: Duration,
+    pub metric_interval: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThreadsConfig {
+    /// Core ids to pin stages to, in order: dispatcher, conductor, then WebSocket connections.
+    /// Empty: no pinning.
+    pub pin: Vec<usize>,
+    pub wait: WaitStrategy,
+}
+
+/// How a stage waits for input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Block on the channel (crossbeam spins briefly, then parks). The default.
+    Block,
+    /// Busy-spin; only for hosts with a spare core per stage.
+    Spin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        match s.to_ascii_lowercase().as_str() {
+            "error" => Some(LogLevel::Error),
+            "warn" | "warning" => Some(LogLevel::Warn),
+            "info" => Some(LogLevel::Info),
+            "debug" | "trace" => Some(LogLevel::Debug),
+            _ => None,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            instruments: vec!["BTC-USDT".into(), "ETH-USDT".into()],
+            adapter: AdapterConfig {
+                binance: BinanceConfig {
+                    ws_url: "wss://stream.binance.com:9443/stream".into(),
+                    rest_url: "https://api.binance.com".into(),
+                    handshake_timeout: Duration::from_secs(10),
+                    no_data_timeout: Duration::from_secs(30),
+                    reconnect: BackoffConfig {
+                        initial: Duration::from_millis(250),
+                        max: Duration::from_secs(30),
+                    },
+                    snapshot: SnapshotFetchConfig {
+                        depth: 1000,
+                        interval: Duration::ZERO,
+                    },
+                    trade_stream: TradeStream::Trade,
+                    max_streams_per_connection: 1024,
+                    messages_per_second: 5,
+                    rest_timeout: Duration::from_secs(10),
+                },
+            },
+            dispatcher: DispatcherConfig {
+                routes: default_routes(),
+            },
+            conductor: ConductorConfig {
+                book_depth: 20,
+                throttle: Duration::from_millis(100),
+                staleness: Duration::from_secs(10),
+            },
+            snapshot_store: SnapshotStoreConfig {
+                backend: Backend::Memory,
+                ttl: Duration::from_secs(3600),
+            },
+            bus: BusConfig {
+                backend: Backend::Memory,
+                stage_queue: 65_536,
+                subscriber_queue: 65_536,
+                policy: BackpressurePolicy::Block,
+            },
+            control: ControlConfig {
+                addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+                token: None,
+            },
+            telemetry: TelemetryConfig {
+                endpoint: None,
+                service_name: "meltica".into(),
+                sampling: 0.01,
+                disabled: false,
+                batch_delay: Duration::from_secs(5),
+                metric_interval: Duration::from_secs(60),
+            },
+            threads: ThreadsConfig {
+                pin: Vec::new(),
+                wait: WaitStrategy::Block,
+            },
+            log: LogLevel::Info,
+        }
+    }
+}
+
+/// A route per market-data type, over every configured instrument.
+pub fn default_routes() -> Vec<RouteConfig> {
+    [
+        EventType::Trade,
+        EventType::Ticker,
+        EventType::OrderbookTop,
+        EventType::OrderbookDelta,
+        EventType::AnalyticsFused,
+    ]
+    .into_iter()
+    .map(RouteConfig::for_type)
+    .collect()
+}
+
+impl RouteConfig {
+    pub fn for_type(event_type: EventType) -> Self {
+        RouteConfig {
+            event_type,
+            instruments: Vec::new(),
+            ws_topics: Vec::new(),
+            rest_pollers: Vec::new(),
+            filters: Vec::new(),
+        }
+    }
+}
+
+/// One configuration problem; `loc` is absent for problems that come from the environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigProblem {
+    pub loc: Option<Loc>,
+    /// Dotted path of the key, e.g. `adapter.binance.handshake_timeout`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.loc {
+            Some(l) => write!(f, "line {}, column {}: ", l.line, l.column)?,
+            None => f.write_str("environment: ")?,
+        }
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} problem(s) in {origin}:\n{}", problems.len(), render(problems))]
+    Invalid {
+        origin: String,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn render(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[ConfigProblem] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { problems, .. } => problems,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates YAML text (no environment overrides).
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        validate::compile(text).map_err(|problems| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            problems,
+        })
+    }
+
+    /// Reads a YAML file, validates it, and applies the process environment's overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Config::from_yaml_str(&text, &path.display().to_string())?;
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    /// Applies environment overrides through `lookup` (the process environment in
+    /// [`Config::load`]; a map in tests).
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let problems = env::apply(self, lookup);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                origin: "environment".into(),
+                problems,
+            })
+        }
+    }
+
+    /// The config path from `--config`, else `$MELTICA_CONFIG`, else `./config.yaml`.
+    pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
+        if let Some(p) = cli {
+            return p.to_owned();
+        }
+        match std::env::var_os("MELTICA_CONFIG") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from("config.yaml"),
+        }
+    }
+}

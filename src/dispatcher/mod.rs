@@ -1,0 +1,170 @@
+//! The dispatcher stage (`meltica-dispatcher`): applies the dispatch table to every raw
+//! instance, filters, and canonicalises with a gap-free `seq` per (instrument, type).
+
+pub mod canonicalize;
+pub mod table;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+pub use self::table::{DispatchTable, FieldView, Route};
+use crate::adapter::{RawBody, RawInstance};
+use crate::config::WaitStrategy;
+use crate::engine::stage::recv_until;
+use crate::schema::{Event, EventType, TraceId};
+
+/// An event on its way to the conductor. `publish` is false for book input that no
+/// consumer asked for but the conductor needs (diffs and snapshots feeding a fused book).
+#[derive(Debug)]
+pub struct Staged {
+    pub event: Event,
+    pub publish: bool,
+}
+
+/// Per-type counters of the dispatcher.
+#[derive(Debug, Default)]
+pub struct DispatcherStats {
+    pub ingested: [AtomicU64; EventType::COUNT],
+    pub filtered: [AtomicU64; EventType::COUNT],
+    pub rejected: [AtomicU64; EventType::COUNT],
+    pub forwarded: [AtomicU64; EventType::COUNT],
+    /// Book input forwarded to the conductor only (not published).
+    pub internal: [AtomicU64; EventType::COUNT],
+}
+
+#[derive(Default)]
+struct Local {
+    ingested: [u64; EventType::COUNT],
+    filtered: [u64; EventType::COUNT],
+    rejected: [u64; EventType::COUNT],
+    forwarded: [u64; EventType::COUNT],
+    internal: [u64; EventType::COUNT],
+}
+
+impl Local {
+    fn flush(&mut self, s: &DispatcherStats) {
+        for i in 0..EventType::COUNT {
+            for (local, shared) in [
+                (&mut self.ingested[i], &s.ingested[i]),
+                (&mut self.filtered[i], &s.filtered[i]),
+                (&mut self.rejected[i], &s.rejected[i]),
+                (&mut self.forwarded[i], &s.forwarded[i]),
+                (&mut self.internal[i], &s.internal[i]),
+            ] {
+                if *local != 0 {
+                    shared.fetch_add(*local, Ordering::Relaxed);
+                    *local = 0;
+                }
+            }
+        }
+    }
+}
+
+/// The dispatcher stage.
+pub struct Dispatcher {
+    table: DispatchTable,
+    /// Next `seq` per instrument id and type.
+    seqs: Vec<[u64; EventType::COUNT]>,
+    rng: fastrand::Rng,
+    stats: Arc<DispatcherStats>,
+    warned_unrouted: [bool; EventType::COUNT],
+}
+
+impl Dispatcher {
+    pub fn new(table: DispatchTable, instruments: usize, stats: Arc<DispatcherStats>) -> Self {
+        Dispatcher {
+            table,
+            seqs: vec![[0; EventType::COUNT]; instruments],
+            rng: fastrand::Rng::new(),
+            stats,
+            warned_unrouted: [false; EventType::COUNT],
+        }
+    }
+
+    pub fn table(&self) -> &DispatchTable {
+        &self.table
+    }
+
+    /// Routes one raw instance: `Some` when it goes on to the conductor.
+    #[inline]
+    fn route(&mut self, raw: RawInstance, local: &mut Local) -> Option<Staged> {
+        let (t, _) = canonicalize::classify(&raw.body);
+        let ti = t.index();
+        local.ingested[ti] += 1;
+        let id = raw.instrument.id();
+        let routed = self.table.covers(t, id);
+        let book_input = matches!(raw.body, RawBody::DepthUpdate(_) | RawBody::DepthSnapshot(..))
+            && self.table.fuses(id);
+        if !routed && !book_input {
+            // An event the table has no route for: rejected, never silently dropped.
+            local.rejected[ti] += 1;
+            if !self.warned_unrouted[ti] {
+                self.warned_unrouted[ti] = true;
+                crate::warn!("rejected {t} for {}: no route in the dispatch table (further rejections are only counted)", raw.instrument);
+            }
+            return None;
+        }
+        let mut publish = routed;
+        if routed
+            && let Some(route) = self.table.route(t)
+                && !route.filters.is_empty() {
+                    let view = FieldView {
+                        instrument: raw.instrument.name(),
+                        side: canonicalize::side_of(&raw.body),
+                    };
+                    if !route.filters.iter().all(|f| f.matches(&view)) {
+                        publish = false;
+                    }
+                }
+        if !publish && !book_input {
+            local.filtered[ti] += 1;
+            return None;
+        }
+        let seq = if publish {
+            let s = &mut self.seqs[id as usize][ti];
+            *s += 1;
+            local.forwarded[ti] += 1;
+            *s
+        } else {
+            // Counted as filtered for consumers; the conductor still consumes it.
+            local.filtered[ti] += 1;
+            local.internal[ti] += 1;
+            0
+        };
+        let trace = TraceId::random(&mut self.rng);
+        Some(Staged {
+            event: canonicalize::canonicalize(raw, seq, trace),
+            publish,
+        })
+    }
+
+    /// Runs until `input` closes and is drained; `output` closes when this returns.
+    pub fn run(mut self, input: Receiver<RawInstance>, output: Sender<Staged>, wait: WaitStrategy) {
+        let mut local = Local::default();
+        loop {
+            let deadline = Instant::now() + Duration::from_millis(100);
+            let first = match recv_until(&input, deadline, wait) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(()) => break,
+            };
+            // Drain what is already queued before blocking again; flush counters per batch.
+            let mut next = Some(first);
+            let mut n = 0;
+            while let Some(raw) = next {
+                if let Some(staged) = self.route(raw, &mut local)
+                    && output.send(staged).is_err() {
+                        local.flush(&self.stats);
+                        return;
+                    }
+                n += 1;
+                next = if n < 1024 { input.try_recv().ok() } else { None };
+            }
+            local.flush(&self.stats);
+        }
+        local.flush(&self.stats);
+    }
+}

@@ -1,0 +1,12 @@
+//! The canonical schema: events, instruments, fixed-point decimals.
+
+pub mod decimal;
+pub mod event;
+pub mod instrument;
+
+pub use decimal::{Decimal, DecimalError};
+pub use event::{
+    BookDelta, BookSnapshot, BookTop, ControlUpdate, Event, EventType, FusedBook, Level, Payload,
+    Quality, SharedEvent, Ticker, TraceId, Trade,
+};
+pub use instrument::{Instrument, InstrumentInfo, MARKET_BINANCE_SPOT, split_canonical};
