@@ -34,6 +34,9 @@ pub enum RawBody {
     Ticker(Box<BinanceTicker>),
     /// A REST depth snapshot, with the wall time it was received.
     DepthSnapshot(BinanceDepthSnapshot, i64),
+    /// The connection carrying this instrument's diffs was re-established: diffs were
+    /// missed, so its book must resync. Not an event; never published.
+    StreamReset,
 }
 
 /// Counters shared by an adapter's threads; each thread adds its local counts per batch.

@@ -40,7 +40,10 @@ impl SubscriptionFilter {
             && (self.instruments.is_empty()
                 || self.instruments.iter().any(|i| i == e.instrument_name()))
             && (self.markets.is_empty()
-                || self.markets.iter().any(|m| m == crate::schema::MARKET_BINANCE_SPOT))
+                || self
+                    .markets
+                    .iter()
+                    .any(|m| m == crate::schema::MARKET_BINANCE_SPOT))
     }
 }
 
@@ -109,12 +112,16 @@ impl Subscription {
     /// Waits up to `timeout`. `Err(true)` when the bus closed and the queue is drained,
     /// `Err(false)` on timeout.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<SharedEvent, bool> {
-        self.rx.recv_timeout(timeout).map_err(|e| matches!(e, RecvTimeoutError::Disconnected))
+        self.rx
+            .recv_timeout(timeout)
+            .map_err(|e| matches!(e, RecvTimeoutError::Disconnected))
     }
 
     /// Never blocks. `Err(true)` when closed and drained, `Err(false)` when empty.
     pub fn try_recv(&self) -> Result<SharedEvent, bool> {
-        self.rx.try_recv().map_err(|e| matches!(e, TryRecvError::Disconnected))
+        self.rx
+            .try_recv()
+            .map_err(|e| matches!(e, TryRecvError::Disconnected))
     }
 
     /// Events queued right now.

@@ -137,7 +137,13 @@ impl DataBus for MemoryDataBus {
         self.closed.store(true, Ordering::SeqCst);
         for e in self.entries.load().iter() {
             if e.stats.dropped() > 0 {
-                crate::info!("subscriber {} dropped {} of {} events ({})", e.name, e.stats.dropped(), e.stats.offered(), e.policy.as_str());
+                crate::info!(
+                    "subscriber {} dropped {} of {} events ({})",
+                    e.name,
+                    e.stats.dropped(),
+                    e.stats.offered(),
+                    e.policy.as_str()
+                );
             }
         }
         self.entries.store(Arc::new(Vec::new()));

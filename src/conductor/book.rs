@@ -116,7 +116,11 @@ mod tests {
         let mut bids: BTreeMap<Decimal, Decimal> = BTreeMap::new();
         for _ in 0..20_000 {
             let p = d(rng.i64(1..200));
-            let q = if rng.u8(..) < 64 { d(0) } else { d(rng.i64(1..1000)) };
+            let q = if rng.u8(..) < 64 {
+                d(0)
+            } else {
+                d(rng.i64(1..1000))
+            };
             book.set(Side::Bid, p, q);
             if q.is_zero() {
                 bids.remove(&p);

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use self::sync::{BookSync, Step, SyncStatus};
+use self::sync::{BookSync, Step, SyncError, SyncStatus};
 use crate::adapter::binance::{SnapshotReason, SnapshotRequest};
 use crate::bus::DataBus;
 use crate::clock;
 use crate::config::{ConductorConfig, WaitStrategy};
 use crate::dispatcher::Staged;
-use crate::engine::stage::recv_until;
+use crate::engine::stage::{Recv, recv_until};
 use crate::schema::{Event, EventType, FusedBook, Instrument, Payload, Quality, TraceId};
 use crate::snapshot::memory::{Cell, MemorySnapshotStore};
 use crate::snapshot::{Key, StoreError};
@@ -141,19 +141,26 @@ impl Conductor {
         let tick = Duration::from_millis(50);
         loop {
             let now = Instant::now();
-            let deadline = self.next_deadline(now).unwrap_or(now + tick).min(now + tick);
+            let deadline = self
+                .next_deadline(now)
+                .unwrap_or(now + tick)
+                .min(now + tick);
             match recv_until(&input, deadline, wait) {
-                Ok(Some(first)) => {
+                Recv::Item(first) => {
                     let mut next = Some(first);
                     let mut n = 0;
                     while let Some(s) = next {
                         self.handle(s);
                         n += 1;
-                        next = if n < 1024 { input.try_recv().ok() } else { None };
+                        next = if n < 1024 {
+                            input.try_recv().ok()
+                        } else {
+                            None
+                        };
                     }
                 }
-                Ok(None) => {}
-                Err(()) => break,
+                Recv::Timeout => {}
+                Recv::Closed => break,
             }
             self.timers(Instant::now());
             self.flush_stats();
@@ -175,7 +182,17 @@ impl Conductor {
     }
 
     fn handle(&mut self, staged: Staged) {
-        let Staged { mut event, publish } = staged;
+        let (mut event, publish) = match staged {
+            Staged::Event { event, publish } => (event, publish),
+            Staged::Reset(instrument) => {
+                let id = instrument.id() as usize;
+                if self.slots[id].needs_book {
+                    let step = self.slots[id].sync.lose_sync(SyncError::StreamReset);
+                    self.after_step(id, step, Instant::now());
+                }
+                return;
+            }
+        };
         let Some(id) = event.instrument.as_ref().map(|i| i.id() as usize) else {
             self.emit(event);
             return;
@@ -243,7 +260,9 @@ impl Conductor {
                 self.stats.coalesced[id].fetch_add(1, Ordering::Relaxed);
             }
             slot.dirty = true;
-            let due = slot.last_publish.is_none_or(|t| now.duration_since(t) >= self.cfg.throttle);
+            let due = slot
+                .last_publish
+                .is_none_or(|t| now.duration_since(t) >= self.cfg.throttle);
             if due {
                 self.publish_fused(id, now);
             }
@@ -253,11 +272,17 @@ impl Conductor {
     fn timers(&mut self, now: Instant) {
         for id in 0..self.slots.len() {
             let s = &self.slots[id];
-            if s.dirty && s.last_publish.is_none_or(|t| now.duration_since(t) >= self.cfg.throttle) {
+            if s.dirty
+                && s.last_publish
+                    .is_none_or(|t| now.duration_since(t) >= self.cfg.throttle)
+            {
                 self.publish_fused(id, now);
             }
             let s = &mut self.slots[id];
-            if s.needs_book && s.sync.status == SyncStatus::Live && now.duration_since(s.last_diff) > self.cfg.staleness {
+            if s.needs_book
+                && s.sync.status == SyncStatus::Live
+                && now.duration_since(s.last_diff) > self.cfg.staleness
+            {
                 let step = s.sync.mark_stale();
                 self.after_step(id, step, now);
             }
@@ -278,9 +303,15 @@ impl Conductor {
         };
         // A book that is not in sync is never published with content.
         if slot.sync.in_sync() {
-            fused.bids.reserve_exact(depth.min(slot.sync.book.bids.len()));
-            fused.asks.reserve_exact(depth.min(slot.sync.book.asks.len()));
-            slot.sync.book.top_into(depth, &mut fused.bids, &mut fused.asks);
+            fused
+                .bids
+                .reserve_exact(depth.min(slot.sync.book.bids.len()));
+            fused
+                .asks
+                .reserve_exact(depth.min(slot.sync.book.asks.len()));
+            slot.sync
+                .book
+                .top_into(depth, &mut fused.bids, &mut fused.asks);
         }
         let book = Arc::new(fused);
         loop {
@@ -336,7 +367,9 @@ impl Conductor {
             }
         }
         if self.local_consumed != 0 {
-            self.stats.consumed.fetch_add(self.local_consumed, Ordering::Relaxed);
+            self.stats
+                .consumed
+                .fetch_add(self.local_consumed, Ordering::Relaxed);
             self.local_consumed = 0;
         }
     }

@@ -27,6 +27,9 @@ pub enum SyncError {
     /// Step 3: the snapshot is older than the buffered diffs.
     #[error("snapshot {last_update_id} older than first buffered diff U={first}")]
     SnapshotTooOld { last_update_id: u64, first: u64 },
+    /// The diff stream was interrupted (reconnect): diffs were missed.
+    #[error("diff stream interrupted")]
+    StreamReset,
     /// A diff produced a crossed book: the book cannot be trusted.
     #[error("book crossed after update {update_id}")]
     Crossed { update_id: u64 },
@@ -161,6 +164,7 @@ impl BookSync {
         self.book.clear();
         self.buffer.clear();
         self.held = None;
+        self.awaiting_snapshot = false;
         self.resyncs += 1;
         Step {
             changed: true,
@@ -192,7 +196,11 @@ impl BookSync {
     fn try_snapshot(&mut self, s: &BookSnapshot) -> Step {
         let last = s.last_update_id;
         // Step 4: drop buffered diffs the snapshot already contains.
-        while self.buffer.front().is_some_and(|d| d.final_update_id <= last) {
+        while self
+            .buffer
+            .front()
+            .is_some_and(|d| d.final_update_id <= last)
+        {
             self.buffer.pop_front();
         }
         let Some(first) = self.buffer.front() else {
@@ -203,7 +211,9 @@ impl BookSync {
         // Steps 3 and 5: the first diff to apply must satisfy U <= lastUpdateId + 1 <= u.
         if first.first_update_id > last + 1 {
             let first = first.first_update_id;
-            crate::debug!("snapshot {last} older than buffered diffs (U={first}); fetching another");
+            crate::debug!(
+                "snapshot {last} older than buffered diffs (U={first}); fetching another"
+            );
             self.awaiting_snapshot = true;
             return Step {
                 request_snapshot: true,
@@ -326,7 +336,13 @@ mod tests {
         assert_eq!(s.status, SyncStatus::Live);
         assert!(s.on_delta(&diff(13, 15, (97, 1))).changed);
         let st = s.on_delta(&diff(17, 18, (96, 1)));
-        assert_eq!(st.lost, Some(SyncError::Gap { expected: 16, got: 17 }));
+        assert_eq!(
+            st.lost,
+            Some(SyncError::Gap {
+                expected: 16,
+                got: 17
+            })
+        );
         assert!(st.status_changed && st.request_snapshot);
         assert_eq!(s.status, SyncStatus::Syncing);
         assert!(s.book.bids.is_empty());

@@ -21,20 +21,29 @@ pub fn apply(cfg: &mut Config, lookup: impl Fn(&str) -> Option<String>) -> Vec<C
         if v.starts_with("ws://") || v.starts_with("wss://") {
             cfg.adapter.binance.ws_url = v;
         } else {
-            bad("BINANCE_WS_PUBLIC_URL", format!("{v:?} is not a ws:// or wss:// URL"));
+            bad(
+                "BINANCE_WS_PUBLIC_URL",
+                format!("{v:?} is not a ws:// or wss:// URL"),
+            );
         }
     }
     if let Some(v) = get("BINANCE_REST_URL") {
         if v.starts_with("http://") || v.starts_with("https://") {
             cfg.adapter.binance.rest_url = v.trim_end_matches('/').to_owned();
         } else {
-            bad("BINANCE_REST_URL", format!("{v:?} is not an http:// or https:// URL"));
+            bad(
+                "BINANCE_REST_URL",
+                format!("{v:?} is not an http:// or https:// URL"),
+            );
         }
     }
     if let Some(v) = get("MELTICA_CONTROL_ADDR") {
         match v.parse::<SocketAddr>() {
             Ok(a) => cfg.control.addr = a,
-            Err(_) => bad("MELTICA_CONTROL_ADDR", format!("{v:?} is not an IP:port address")),
+            Err(_) => bad(
+                "MELTICA_CONTROL_ADDR",
+                format!("{v:?} is not an IP:port address"),
+            ),
         }
     }
     if let Some(v) = get("MELTICA_CONTROL_TOKEN") {
@@ -43,14 +52,20 @@ pub fn apply(cfg: &mut Config, lookup: impl Fn(&str) -> Option<String>) -> Vec<C
     if let Some(v) = get("MELTICA_LOG") {
         match LogLevel::parse(&v) {
             Some(l) => cfg.log = l,
-            None => bad("MELTICA_LOG", format!("{v:?} is not one of error, warn, info, debug")),
+            None => bad(
+                "MELTICA_LOG",
+                format!("{v:?} is not one of error, warn, info, debug"),
+            ),
         }
     }
     if let Some(v) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
         if v.starts_with("http://") || v.starts_with("https://") {
             cfg.telemetry.endpoint = Some(v);
         } else {
-            bad("OTEL_EXPORTER_OTLP_ENDPOINT", format!("{v:?} is not an http(s) URL"));
+            bad(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("{v:?} is not an http(s) URL"),
+            );
         }
     }
     if let Some(v) = get("OTEL_SERVICE_NAME") {
@@ -68,22 +83,33 @@ pub fn apply(cfg: &mut Config, lookup: impl Fn(&str) -> Option<String>) -> Vec<C
         match v.as_str() {
             "always_on" | "parentbased_always_on" => cfg.telemetry.sampling = 1.0,
             "always_off" | "parentbased_always_off" => cfg.telemetry.sampling = 0.0,
-            "traceidratio" | "parentbased_traceidratio" => match arg.as_deref().map(str::parse::<f64>) {
-                Some(Ok(r)) if (0.0..=1.0).contains(&r) => cfg.telemetry.sampling = r,
-                None => cfg.telemetry.sampling = 1.0,
-                _ => bad("OTEL_TRACES_SAMPLER_ARG", "expected a ratio between 0 and 1".into()),
-            },
+            "traceidratio" | "parentbased_traceidratio" => {
+                match arg.as_deref().map(str::parse::<f64>) {
+                    Some(Ok(r)) if (0.0..=1.0).contains(&r) => cfg.telemetry.sampling = r,
+                    None => cfg.telemetry.sampling = 1.0,
+                    _ => bad(
+                        "OTEL_TRACES_SAMPLER_ARG",
+                        "expected a ratio between 0 and 1".into(),
+                    ),
+                }
+            }
             _ => bad("OTEL_TRACES_SAMPLER", format!("unsupported sampler {v:?}")),
         }
     }
     for (var, field) in [
         ("OTEL_BSP_SCHEDULE_DELAY", &mut cfg.telemetry.batch_delay),
-        ("OTEL_METRIC_EXPORT_INTERVAL", &mut cfg.telemetry.metric_interval),
+        (
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            &mut cfg.telemetry.metric_interval,
+        ),
     ] {
         if let Some(v) = get(var) {
             match v.parse::<u64>() {
                 Ok(ms) if ms > 0 => *field = Duration::from_millis(ms),
-                _ => bad(var, format!("{v:?} is not a positive number of milliseconds")),
+                _ => bad(
+                    var,
+                    format!("{v:?} is not a positive number of milliseconds"),
+                ),
             }
         }
     }

@@ -399,7 +399,10 @@ impl Config {
 
     /// Applies environment overrides through `lookup` (the process environment in
     /// [`Config::load`]; a map in tests).
-    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
         let problems = env::apply(self, lookup);
         if problems.is_empty() {
             Ok(())

@@ -138,13 +138,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
         while let Some(k) = map.next_key::<Spanned<String>>()? {
             let loc = loc_of(&k);
             let v = map.next_value::<Node>()?;
-            entries.push((
-                Key {
-                    loc,
-                    name: k.value,
-                },
-                v,
-            ));
+            entries.push((Key { loc, name: k.value }, v));
         }
         Ok(Value::Map(entries))
     }
@@ -199,7 +193,9 @@ mod tests {
         assert_eq!(m[0].0.name, "a");
         assert_eq!(m[0].0.loc, Loc { line: 1, column: 1 });
         assert_eq!(m[0].1.value, Value::Int(1));
-        let Value::Map(inner) = &m[1].1.value else { panic!() };
+        let Value::Map(inner) = &m[1].1.value else {
+            panic!()
+        };
         // strict booleans: `yes` stays a string
         assert_eq!(inner[0].1.value, Value::Str("yes".into()));
         assert_eq!(inner[0].1.loc.line, 3);

@@ -37,13 +37,31 @@ pub fn to_yaml(c: &Config) -> String {
     let _ = writeln!(o, "    handshake_timeout: {}", dur(b.handshake_timeout));
     let _ = writeln!(o, "    no_data_timeout: {}", dur(b.no_data_timeout));
     let _ = writeln!(o, "    rest_timeout: {}", dur(b.rest_timeout));
-    let _ = writeln!(o, "    reconnect:\n      initial_backoff: {}\n      max_backoff: {}", dur(b.reconnect.initial), dur(b.reconnect.max));
-    let _ = writeln!(o, "    snapshot:\n      depth: {}\n      interval: {}", b.snapshot.depth, dur(b.snapshot.interval));
-    let _ = writeln!(o, "    trade_stream: {}", match b.trade_stream {
-        TradeStream::Trade => "trade",
-        TradeStream::AggTrade => "aggTrade",
-    });
-    let _ = writeln!(o, "    max_streams_per_connection: {}", b.max_streams_per_connection);
+    let _ = writeln!(
+        o,
+        "    reconnect:\n      initial_backoff: {}\n      max_backoff: {}",
+        dur(b.reconnect.initial),
+        dur(b.reconnect.max)
+    );
+    let _ = writeln!(
+        o,
+        "    snapshot:\n      depth: {}\n      interval: {}",
+        b.snapshot.depth,
+        dur(b.snapshot.interval)
+    );
+    let _ = writeln!(
+        o,
+        "    trade_stream: {}",
+        match b.trade_stream {
+            TradeStream::Trade => "trade",
+            TradeStream::AggTrade => "aggTrade",
+        }
+    );
+    let _ = writeln!(
+        o,
+        "    max_streams_per_connection: {}",
+        b.max_streams_per_connection
+    );
     let _ = writeln!(o, "    messages_per_second: {}", b.messages_per_second);
     let _ = writeln!(o, "dispatcher:\n  routes:");
     for r in &c.dispatcher.routes {
@@ -57,7 +75,13 @@ pub fn to_yaml(c: &Config) -> String {
         if !r.rest_pollers.is_empty() {
             let _ = writeln!(o, "      rest_pollers:");
             for p in &r.rest_pollers {
-                let _ = writeln!(o, "        - {{name: {}, endpoint: {}, interval: {}}}", quote(&p.name), p.endpoint, dur(p.interval));
+                let _ = writeln!(
+                    o,
+                    "        - {{name: {}, endpoint: {}, interval: {}}}",
+                    quote(&p.name),
+                    p.endpoint,
+                    dur(p.interval)
+                );
             }
         }
         if !r.filters.is_empty() {
@@ -70,17 +94,44 @@ pub fn to_yaml(c: &Config) -> String {
                     FilterOp::Prefix => "prefix",
                 };
                 let vals: Vec<String> = f.value.iter().map(|v| quote(v)).collect();
-                let _ = writeln!(o, "        - {{field: {}, op: {op}, value: [{}]}}", f.field, vals.join(", "));
+                let _ = writeln!(
+                    o,
+                    "        - {{field: {}, op: {op}, value: [{}]}}",
+                    f.field,
+                    vals.join(", ")
+                );
             }
         }
     }
-    let _ = writeln!(o, "conductor:\n  book_depth: {}\n  throttle: {}\n  staleness: {}", c.conductor.book_depth, dur(c.conductor.throttle), dur(c.conductor.staleness));
+    let _ = writeln!(
+        o,
+        "conductor:\n  book_depth: {}\n  throttle: {}\n  staleness: {}",
+        c.conductor.book_depth,
+        dur(c.conductor.throttle),
+        dur(c.conductor.staleness)
+    );
     let backend = |b: Backend| match b {
         Backend::Memory => "memory",
     };
-    let _ = writeln!(o, "snapshot_store:\n  backend: {}\n  ttl: {}", backend(c.snapshot_store.backend), dur(c.snapshot_store.ttl));
-    let _ = writeln!(o, "bus:\n  backend: {}\n  stage_queue: {}\n  subscriber_queue: {}\n  policy: {}", backend(c.bus.backend), c.bus.stage_queue, c.bus.subscriber_queue, c.bus.policy.as_str());
-    let _ = writeln!(o, "control:\n  addr: {}", quote(&c.control.addr.to_string()));
+    let _ = writeln!(
+        o,
+        "snapshot_store:\n  backend: {}\n  ttl: {}",
+        backend(c.snapshot_store.backend),
+        dur(c.snapshot_store.ttl)
+    );
+    let _ = writeln!(
+        o,
+        "bus:\n  backend: {}\n  stage_queue: {}\n  subscriber_queue: {}\n  policy: {}",
+        backend(c.bus.backend),
+        c.bus.stage_queue,
+        c.bus.subscriber_queue,
+        c.bus.policy.as_str()
+    );
+    let _ = writeln!(
+        o,
+        "control:\n  addr: {}",
+        quote(&c.control.addr.to_string())
+    );
     match &c.control.token {
         Some(_) => {
             let _ = writeln!(o, "  token: \"<redacted>\"");
@@ -90,19 +141,40 @@ pub fn to_yaml(c: &Config) -> String {
         }
     }
     let t = &c.telemetry;
-    let _ = writeln!(o, "telemetry:\n  endpoint: {}", t.endpoint.as_deref().map_or("~".into(), quote));
-    let _ = writeln!(o, "  service_name: {}\n  sampling: {}\n  disabled: {}\n  batch_delay: {}\n  metric_interval: {}", quote(&t.service_name), t.sampling, t.disabled, dur(t.batch_delay), dur(t.metric_interval));
+    let _ = writeln!(
+        o,
+        "telemetry:\n  endpoint: {}",
+        t.endpoint.as_deref().map_or("~".into(), quote)
+    );
+    let _ = writeln!(
+        o,
+        "  service_name: {}\n  sampling: {}\n  disabled: {}\n  batch_delay: {}\n  metric_interval: {}",
+        quote(&t.service_name),
+        t.sampling,
+        t.disabled,
+        dur(t.batch_delay),
+        dur(t.metric_interval)
+    );
     let pins: Vec<String> = c.threads.pin.iter().map(|p| p.to_string()).collect();
-    let _ = writeln!(o, "threads:\n  pin: [{}]\n  wait: {}", pins.join(", "), match c.threads.wait {
-        WaitStrategy::Block => "block",
-        WaitStrategy::Spin => "spin",
-    });
-    let _ = writeln!(o, "log: {}", match c.log {
-        LogLevel::Error => "error",
-        LogLevel::Warn => "warn",
-        LogLevel::Info => "info",
-        LogLevel::Debug => "debug",
-    });
+    let _ = writeln!(
+        o,
+        "threads:\n  pin: [{}]\n  wait: {}",
+        pins.join(", "),
+        match c.threads.wait {
+            WaitStrategy::Block => "block",
+            WaitStrategy::Spin => "spin",
+        }
+    );
+    let _ = writeln!(
+        o,
+        "log: {}",
+        match c.log {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    );
     o
 }
 

@@ -28,9 +28,10 @@ pub fn compile(text: &str) -> Result<Config, Vec<ConfigProblem>> {
     let mut cfg = Config::default();
     if let Some(mut top) = cx.section(&root, "") {
         if let Some(n) = top.take("instruments")
-            && let Some(list) = cx.instruments(n, "instruments") {
-                cfg.instruments = list;
-            }
+            && let Some(list) = cx.instruments(n, "instruments")
+        {
+            cfg.instruments = list;
+        }
         if let Some(n) = top.take("adapter") {
             adapter(&mut cx, n, &mut cfg.adapter);
         }
@@ -41,15 +42,16 @@ pub fn compile(text: &str) -> Result<Config, Vec<ConfigProblem>> {
             conductor(&mut cx, n, &mut cfg.conductor);
         }
         if let Some(n) = top.take("snapshot_store")
-            && let Some(mut s) = cx.section(n, "snapshot_store") {
-                if let Some(v) = s.take("backend") {
-                    cx.backend(v, "snapshot_store.backend", &mut cfg.snapshot_store.backend);
-                }
-                if let Some(v) = s.take("ttl") {
-                    cx.duration(v, "snapshot_store.ttl", &mut cfg.snapshot_store.ttl);
-                }
-                s.finish(&mut cx);
+            && let Some(mut s) = cx.section(n, "snapshot_store")
+        {
+            if let Some(v) = s.take("backend") {
+                cx.backend(v, "snapshot_store.backend", &mut cfg.snapshot_store.backend);
             }
+            if let Some(v) = s.take("ttl") {
+                cx.duration(v, "snapshot_store.ttl", &mut cfg.snapshot_store.ttl);
+            }
+            s.finish(&mut cx);
+        }
         if let Some(n) = top.take("bus") {
             bus(&mut cx, n, &mut cfg.bus);
         }
@@ -63,12 +65,13 @@ pub fn compile(text: &str) -> Result<Config, Vec<ConfigProblem>> {
             threads(&mut cx, n, &mut cfg.threads);
         }
         if let Some(n) = top.take("log")
-            && let Some(s) = cx.string(n, "log") {
-                match LogLevel::parse(&s) {
-                    Some(l) => cfg.log = l,
-                    None => cx.problem(n.loc, "log", "expected one of error, warn, info, debug"),
-                }
+            && let Some(s) = cx.string(n, "log")
+        {
+            match LogLevel::parse(&s) {
+                Some(l) => cfg.log = l,
+                None => cx.problem(n.loc, "log", "expected one of error, warn, info, debug"),
             }
+        }
         top.finish(&mut cx);
     }
     cross_checks(&mut cx, &root, &cfg);
@@ -86,83 +89,129 @@ fn adapter(cx: &mut Cx, n: &Node, out: &mut AdapterConfig) {
         return;
     };
     if let Some(n) = a.take("binance")
-        && let Some(mut b) = cx.section(n, "adapter.binance") {
-            let o = &mut out.binance;
-            if let Some(v) = b.take("ws_url") {
-                cx.url(v, "adapter.binance.ws_url", &["ws://", "wss://"], &mut o.ws_url);
-            }
-            if let Some(v) = b.take("rest_url") {
-                cx.url(v, "adapter.binance.rest_url", &["http://", "https://"], &mut o.rest_url);
-            }
-            if let Some(v) = b.take("handshake_timeout") {
-                cx.positive_duration(v, "adapter.binance.handshake_timeout", &mut o.handshake_timeout);
-            }
-            if let Some(v) = b.take("no_data_timeout") {
-                cx.positive_duration(v, "adapter.binance.no_data_timeout", &mut o.no_data_timeout);
-            }
-            if let Some(v) = b.take("rest_timeout") {
-                cx.positive_duration(v, "adapter.binance.rest_timeout", &mut o.rest_timeout);
-            }
-            if let Some(v) = b.take("reconnect")
-                && let Some(mut r) = cx.section(v, "adapter.binance.reconnect") {
-                    if let Some(v) = r.take("initial_backoff") {
-                        cx.positive_duration(v, "adapter.binance.reconnect.initial_backoff", &mut o.reconnect.initial);
-                    }
-                    if let Some(v) = r.take("max_backoff") {
-                        cx.positive_duration(v, "adapter.binance.reconnect.max_backoff", &mut o.reconnect.max);
-                    }
-                    if o.reconnect.max < o.reconnect.initial {
-                        cx.problem(v.loc, "adapter.binance.reconnect", "max_backoff must not be below initial_backoff");
-                    }
-                    r.finish(cx);
-                }
-            if let Some(v) = b.take("snapshot")
-                && let Some(mut s) = cx.section(v, "adapter.binance.snapshot") {
-                    if let Some(v) = s.take("depth") {
-                        let mut d = 0u64;
-                        if cx.uint(v, "adapter.binance.snapshot.depth", &mut d) {
-                            if [5, 10, 20, 50, 100, 500, 1000, 5000].contains(&d) {
-                                o.snapshot.depth = d as u32;
-                            } else {
-                                cx.problem(v.loc, "adapter.binance.snapshot.depth", "expected one of 5, 10, 20, 50, 100, 500, 1000, 5000 (Binance depth limits)");
-                            }
-                        }
-                    }
-                    if let Some(v) = s.take("interval") {
-                        cx.duration(v, "adapter.binance.snapshot.interval", &mut o.snapshot.interval);
-                    }
-                    s.finish(cx);
-                }
-            if let Some(v) = b.take("trade_stream")
-                && let Some(s) = cx.string(v, "adapter.binance.trade_stream") {
-                    match s.as_str() {
-                        "trade" => o.trade_stream = TradeStream::Trade,
-                        "aggTrade" => o.trade_stream = TradeStream::AggTrade,
-                        _ => cx.problem(v.loc, "adapter.binance.trade_stream", "expected trade or aggTrade"),
-                    }
-                }
-            if let Some(v) = b.take("max_streams_per_connection") {
-                let mut m = 0u64;
-                if cx.uint(v, "adapter.binance.max_streams_per_connection", &mut m) {
-                    if (1..=1024).contains(&m) {
-                        o.max_streams_per_connection = m as usize;
-                    } else {
-                        cx.problem(v.loc, "adapter.binance.max_streams_per_connection", "expected 1..=1024 (Binance's per-connection limit)");
-                    }
-                }
-            }
-            if let Some(v) = b.take("messages_per_second") {
-                let mut m = 0u64;
-                if cx.uint(v, "adapter.binance.messages_per_second", &mut m) {
-                    if (1..=5).contains(&m) {
-                        o.messages_per_second = m as u32;
-                    } else {
-                        cx.problem(v.loc, "adapter.binance.messages_per_second", "expected 1..=5 (Binance disconnects above 5 per second)");
-                    }
-                }
-            }
-            b.finish(cx);
+        && let Some(mut b) = cx.section(n, "adapter.binance")
+    {
+        let o = &mut out.binance;
+        if let Some(v) = b.take("ws_url") {
+            cx.url(
+                v,
+                "adapter.binance.ws_url",
+                &["ws://", "wss://"],
+                &mut o.ws_url,
+            );
         }
+        if let Some(v) = b.take("rest_url") {
+            cx.url(
+                v,
+                "adapter.binance.rest_url",
+                &["http://", "https://"],
+                &mut o.rest_url,
+            );
+        }
+        if let Some(v) = b.take("handshake_timeout") {
+            cx.positive_duration(
+                v,
+                "adapter.binance.handshake_timeout",
+                &mut o.handshake_timeout,
+            );
+        }
+        if let Some(v) = b.take("no_data_timeout") {
+            cx.positive_duration(v, "adapter.binance.no_data_timeout", &mut o.no_data_timeout);
+        }
+        if let Some(v) = b.take("rest_timeout") {
+            cx.positive_duration(v, "adapter.binance.rest_timeout", &mut o.rest_timeout);
+        }
+        if let Some(v) = b.take("reconnect")
+            && let Some(mut r) = cx.section(v, "adapter.binance.reconnect")
+        {
+            if let Some(v) = r.take("initial_backoff") {
+                cx.positive_duration(
+                    v,
+                    "adapter.binance.reconnect.initial_backoff",
+                    &mut o.reconnect.initial,
+                );
+            }
+            if let Some(v) = r.take("max_backoff") {
+                cx.positive_duration(
+                    v,
+                    "adapter.binance.reconnect.max_backoff",
+                    &mut o.reconnect.max,
+                );
+            }
+            if o.reconnect.max < o.reconnect.initial {
+                cx.problem(
+                    v.loc,
+                    "adapter.binance.reconnect",
+                    "max_backoff must not be below initial_backoff",
+                );
+            }
+            r.finish(cx);
+        }
+        if let Some(v) = b.take("snapshot")
+            && let Some(mut s) = cx.section(v, "adapter.binance.snapshot")
+        {
+            if let Some(v) = s.take("depth") {
+                let mut d = 0u64;
+                if cx.uint(v, "adapter.binance.snapshot.depth", &mut d) {
+                    if [5, 10, 20, 50, 100, 500, 1000, 5000].contains(&d) {
+                        o.snapshot.depth = d as u32;
+                    } else {
+                        cx.problem(v.loc, "adapter.binance.snapshot.depth", "expected one of 5, 10, 20, 50, 100, 500, 1000, 5000 (Binance depth limits)");
+                    }
+                }
+            }
+            if let Some(v) = s.take("interval") {
+                cx.duration(
+                    v,
+                    "adapter.binance.snapshot.interval",
+                    &mut o.snapshot.interval,
+                );
+            }
+            s.finish(cx);
+        }
+        if let Some(v) = b.take("trade_stream")
+            && let Some(s) = cx.string(v, "adapter.binance.trade_stream")
+        {
+            match s.as_str() {
+                "trade" => o.trade_stream = TradeStream::Trade,
+                "aggTrade" => o.trade_stream = TradeStream::AggTrade,
+                _ => cx.problem(
+                    v.loc,
+                    "adapter.binance.trade_stream",
+                    "expected trade or aggTrade",
+                ),
+            }
+        }
+        if let Some(v) = b.take("max_streams_per_connection") {
+            let mut m = 0u64;
+            if cx.uint(v, "adapter.binance.max_streams_per_connection", &mut m) {
+                if (1..=1024).contains(&m) {
+                    o.max_streams_per_connection = m as usize;
+                } else {
+                    cx.problem(
+                        v.loc,
+                        "adapter.binance.max_streams_per_connection",
+                        "expected 1..=1024 (Binance's per-connection limit)",
+                    );
+                }
+            }
+        }
+        if let Some(v) = b.take("messages_per_second") {
+            let mut m = 0u64;
+            if cx.uint(v, "adapter.binance.messages_per_second", &mut m) {
+                if (1..=5).contains(&m) {
+                    o.messages_per_second = m as u32;
+                } else {
+                    cx.problem(
+                        v.loc,
+                        "adapter.binance.messages_per_second",
+                        "expected 1..=5 (Binance disconnects above 5 per second)",
+                    );
+                }
+            }
+        }
+        b.finish(cx);
+    }
     a.finish(cx);
 }
 
@@ -171,19 +220,27 @@ fn dispatcher(cx: &mut Cx, n: &Node, out: &mut DispatcherConfig) {
         return;
     };
     if let Some(v) = d.take("routes")
-        && let Some(items) = cx.seq(v, "dispatcher.routes") {
-            let mut routes = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                let path = format!("dispatcher.routes[{i}]");
-                if let Some(r) = route(cx, item, &path) {
-                    if routes.iter().any(|x: &RouteConfig| x.event_type == r.event_type) {
-                        cx.problem(item.loc, &path, &format!("a route for {} is already defined", r.event_type));
-                    }
-                    routes.push(r);
+        && let Some(items) = cx.seq(v, "dispatcher.routes")
+    {
+        let mut routes = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("dispatcher.routes[{i}]");
+            if let Some(r) = route(cx, item, &path) {
+                if routes
+                    .iter()
+                    .any(|x: &RouteConfig| x.event_type == r.event_type)
+                {
+                    cx.problem(
+                        item.loc,
+                        &path,
+                        &format!("a route for {} is already defined", r.event_type),
+                    );
                 }
+                routes.push(r);
             }
-            out.routes = routes;
         }
+        out.routes = routes;
+    }
     d.finish(cx);
 }
 
@@ -211,60 +268,74 @@ fn route(cx: &mut Cx, n: &Node, path: &str) -> Option<RouteConfig> {
         }
     }
     if let Some(v) = s.take("instruments")
-        && let Some(list) = cx.instruments(v, &format!("{path}.instruments")) {
-            r.instruments = list;
-        }
+        && let Some(list) = cx.instruments(v, &format!("{path}.instruments"))
+    {
+        r.instruments = list;
+    }
     if let Some(v) = s.take("ws_topics")
-        && let Some(items) = cx.seq(v, &format!("{path}.ws_topics")) {
-            for it in items {
-                if let Some(t) = cx.string(it, &format!("{path}.ws_topics")) {
-                    if t.contains('@') && !t.contains(char::is_whitespace) {
-                        r.ws_topics.push(t);
-                    } else {
-                        cx.problem(it.loc, &format!("{path}.ws_topics"), &format!("{t:?} is not a Binance stream name like btcusdt@trade"));
-                    }
+        && let Some(items) = cx.seq(v, &format!("{path}.ws_topics"))
+    {
+        for it in items {
+            if let Some(t) = cx.string(it, &format!("{path}.ws_topics")) {
+                if t.contains('@') && !t.contains(char::is_whitespace) {
+                    r.ws_topics.push(t);
+                } else {
+                    cx.problem(
+                        it.loc,
+                        &format!("{path}.ws_topics"),
+                        &format!("{t:?} is not a Binance stream name like btcusdt@trade"),
+                    );
                 }
             }
         }
+    }
     if let Some(v) = s.take("rest_pollers")
-        && let Some(items) = cx.seq(v, &format!("{path}.rest_pollers")) {
-            for (i, it) in items.iter().enumerate() {
-                let pp = format!("{path}.rest_pollers[{i}]");
-                let Some(mut p) = cx.section(it, &pp) else {
-                    continue;
-                };
-                let mut poller = PollerConfig {
-                    name: "depth".into(),
-                    endpoint: "/api/v3/depth".into(),
-                    interval: Duration::from_secs(30),
-                };
-                if let Some(v) = p.take("name")
-                    && let Some(s) = cx.string(v, &format!("{pp}.name")) {
-                        poller.name = s;
-                    }
-                if let Some(v) = p.take("endpoint")
-                    && let Some(s) = cx.string(v, &format!("{pp}.endpoint")) {
-                        if s == "/api/v3/depth" {
-                            poller.endpoint = s;
-                        } else {
-                            cx.problem(v.loc, &format!("{pp}.endpoint"), "only /api/v3/depth can be polled");
-                        }
-                    }
-                if let Some(v) = p.take("interval") {
-                    cx.positive_duration(v, &format!("{pp}.interval"), &mut poller.interval);
-                }
-                p.finish(cx);
-                r.rest_pollers.push(poller);
+        && let Some(items) = cx.seq(v, &format!("{path}.rest_pollers"))
+    {
+        for (i, it) in items.iter().enumerate() {
+            let pp = format!("{path}.rest_pollers[{i}]");
+            let Some(mut p) = cx.section(it, &pp) else {
+                continue;
+            };
+            let mut poller = PollerConfig {
+                name: "depth".into(),
+                endpoint: "/api/v3/depth".into(),
+                interval: Duration::from_secs(30),
+            };
+            if let Some(v) = p.take("name")
+                && let Some(s) = cx.string(v, &format!("{pp}.name"))
+            {
+                poller.name = s;
             }
+            if let Some(v) = p.take("endpoint")
+                && let Some(s) = cx.string(v, &format!("{pp}.endpoint"))
+            {
+                if s == "/api/v3/depth" {
+                    poller.endpoint = s;
+                } else {
+                    cx.problem(
+                        v.loc,
+                        &format!("{pp}.endpoint"),
+                        "only /api/v3/depth can be polled",
+                    );
+                }
+            }
+            if let Some(v) = p.take("interval") {
+                cx.positive_duration(v, &format!("{pp}.interval"), &mut poller.interval);
+            }
+            p.finish(cx);
+            r.rest_pollers.push(poller);
         }
+    }
     if let Some(v) = s.take("filters")
-        && let Some(items) = cx.seq(v, &format!("{path}.filters")) {
-            for (i, it) in items.iter().enumerate() {
-                if let Some(f) = filter(cx, it, &format!("{path}.filters[{i}]")) {
-                    r.filters.push(f);
-                }
+        && let Some(items) = cx.seq(v, &format!("{path}.filters"))
+    {
+        for (i, it) in items.iter().enumerate() {
+            if let Some(f) = filter(cx, it, &format!("{path}.filters[{i}]")) {
+                r.filters.push(f);
             }
         }
+    }
     s.finish(cx);
     ok.then_some(r)
 }
@@ -276,7 +347,11 @@ fn filter(cx: &mut Cx, n: &Node, path: &str) -> Option<FilterConfig> {
             if ["instrument", "market", "side"].contains(&f.as_str()) {
                 Some(f)
             } else {
-                cx.problem(v.loc, &format!("{path}.field"), &format!("unknown field {f:?}; expected instrument, market or side"));
+                cx.problem(
+                    v.loc,
+                    &format!("{path}.field"),
+                    &format!("unknown field {f:?}; expected instrument, market or side"),
+                );
                 None
             }
         }),
@@ -286,16 +361,22 @@ fn filter(cx: &mut Cx, n: &Node, path: &str) -> Option<FilterConfig> {
         }
     };
     let op = match s.take("op") {
-        Some(v) => cx.string(v, &format!("{path}.op")).and_then(|o| match o.as_str() {
-            "eq" => Some(FilterOp::Eq),
-            "neq" => Some(FilterOp::Neq),
-            "in" => Some(FilterOp::In),
-            "prefix" => Some(FilterOp::Prefix),
-            _ => {
-                cx.problem(v.loc, &format!("{path}.op"), "expected eq, neq, in or prefix");
-                None
-            }
-        }),
+        Some(v) => cx
+            .string(v, &format!("{path}.op"))
+            .and_then(|o| match o.as_str() {
+                "eq" => Some(FilterOp::Eq),
+                "neq" => Some(FilterOp::Neq),
+                "in" => Some(FilterOp::In),
+                "prefix" => Some(FilterOp::Prefix),
+                _ => {
+                    cx.problem(
+                        v.loc,
+                        &format!("{path}.op"),
+                        "expected eq, neq, in or prefix",
+                    );
+                    None
+                }
+            }),
         None => {
             cx.problem(n.loc, path, "missing key `op`");
             None
@@ -363,12 +444,17 @@ fn bus(cx: &mut Cx, n: &Node, out: &mut BusConfig) {
         cx.capacity(v, "bus.subscriber_queue", &mut out.subscriber_queue);
     }
     if let Some(v) = s.take("policy")
-        && let Some(p) = cx.string(v, "bus.policy") {
-            match parse_policy(&p) {
-                Some(p) => out.policy = p,
-                None => cx.problem(v.loc, "bus.policy", "expected block, drop_oldest or drop_newest"),
-            }
+        && let Some(p) = cx.string(v, "bus.policy")
+    {
+        match parse_policy(&p) {
+            Some(p) => out.policy = p,
+            None => cx.problem(
+                v.loc,
+                "bus.policy",
+                "expected block, drop_oldest or drop_newest",
+            ),
         }
+    }
     s.finish(cx);
 }
 
@@ -387,21 +473,31 @@ fn control(cx: &mut Cx, n: &Node, out: &mut ControlConfig) {
         return;
     };
     if let Some(v) = s.take("addr")
-        && let Some(a) = cx.string(v, "control.addr") {
-            match a.parse::<SocketAddr>() {
-                Ok(a) => out.addr = a,
-                Err(_) => cx.problem(v.loc, "control.addr", &format!("{a:?} is not an IP:port address")),
-            }
+        && let Some(a) = cx.string(v, "control.addr")
+    {
+        match a.parse::<SocketAddr>() {
+            Ok(a) => out.addr = a,
+            Err(_) => cx.problem(
+                v.loc,
+                "control.addr",
+                &format!("{a:?} is not an IP:port address"),
+            ),
         }
+    }
     if let Some(v) = s.take("token")
         && !matches!(v.value, Value::Null)
-            && let Some(t) = cx.string(v, "control.token") {
-                if t.is_empty() {
-                    cx.problem(v.loc, "control.token", "must not be empty (omit it for no token)");
-                } else {
-                    out.token = Some(t);
-                }
-            }
+        && let Some(t) = cx.string(v, "control.token")
+    {
+        if t.is_empty() {
+            cx.problem(
+                v.loc,
+                "control.token",
+                "must not be empty (omit it for no token)",
+            );
+        } else {
+            out.token = Some(t);
+        }
+    }
     s.finish(cx);
 }
 
@@ -410,16 +506,18 @@ fn telemetry(cx: &mut Cx, n: &Node, out: &mut TelemetryConfig) {
         return;
     };
     if let Some(v) = s.take("endpoint")
-        && !matches!(v.value, Value::Null) {
-            let mut e = String::new();
-            if cx.url(v, "telemetry.endpoint", &["http://", "https://"], &mut e) {
-                out.endpoint = Some(e);
-            }
+        && !matches!(v.value, Value::Null)
+    {
+        let mut e = String::new();
+        if cx.url(v, "telemetry.endpoint", &["http://", "https://"], &mut e) {
+            out.endpoint = Some(e);
         }
+    }
     if let Some(v) = s.take("service_name")
-        && let Some(n) = cx.string(v, "telemetry.service_name") {
-            out.service_name = n;
-        }
+        && let Some(n) = cx.string(v, "telemetry.service_name")
+    {
+        out.service_name = n;
+    }
     if let Some(v) = s.take("sampling") {
         let f = match v.value {
             Value::Int(i) => Some(i as f64),
@@ -428,7 +526,14 @@ fn telemetry(cx: &mut Cx, n: &Node, out: &mut TelemetryConfig) {
         };
         match f {
             Some(f) if (0.0..=1.0).contains(&f) => out.sampling = f,
-            _ => cx.problem(v.loc, "telemetry.sampling", &format!("expected a ratio between 0 and 1, found {}", v.value.describe())),
+            _ => cx.problem(
+                v.loc,
+                "telemetry.sampling",
+                &format!(
+                    "expected a ratio between 0 and 1, found {}",
+                    v.value.describe()
+                ),
+            ),
         }
     }
     if let Some(v) = s.take("disabled") {
@@ -459,17 +564,25 @@ fn threads(cx: &mut Cx, n: &Node, out: &mut ThreadsConfig) {
                     }
                 }
             }
-            other => cx.problem(v.loc, "threads.pin", &format!("expected false or a list of core ids, found {}", other.describe())),
+            other => cx.problem(
+                v.loc,
+                "threads.pin",
+                &format!(
+                    "expected false or a list of core ids, found {}",
+                    other.describe()
+                ),
+            ),
         }
     }
     if let Some(v) = s.take("wait")
-        && let Some(w) = cx.string(v, "threads.wait") {
-            match w.as_str() {
-                "block" => out.wait = WaitStrategy::Block,
-                "spin" => out.wait = WaitStrategy::Spin,
-                _ => cx.problem(v.loc, "threads.wait", "expected block or spin"),
-            }
+        && let Some(w) = cx.string(v, "threads.wait")
+    {
+        match w.as_str() {
+            "block" => out.wait = WaitStrategy::Block,
+            "spin" => out.wait = WaitStrategy::Spin,
+            _ => cx.problem(v.loc, "threads.wait", "expected block or spin"),
         }
+    }
     s.finish(cx);
 }
 
@@ -477,7 +590,14 @@ fn cross_checks(cx: &mut Cx, root: &Node, cfg: &Config) {
     for r in &cfg.dispatcher.routes {
         for i in &r.instruments {
             if !cfg.instruments.contains(i) {
-                cx.problem(root_loc(root, "dispatcher"), "dispatcher.routes", &format!("route {} names {i}, which is not in `instruments`", r.event_type));
+                cx.problem(
+                    root_loc(root, "dispatcher"),
+                    "dispatcher.routes",
+                    &format!(
+                        "route {} names {i}, which is not in `instruments`",
+                        r.event_type
+                    ),
+                );
             }
         }
     }
@@ -485,9 +605,10 @@ fn cross_checks(cx: &mut Cx, root: &Node, cfg: &Config) {
 
 fn root_loc(root: &Node, key: &str) -> Loc {
     if let Value::Map(m) = &root.value
-        && let Some((k, _)) = m.iter().find(|(k, _)| k.name == key) {
-            return k.loc;
-        }
+        && let Some((k, _)) = m.iter().find(|(k, _)| k.name == key)
+    {
+        return k.loc;
+    }
     root.loc
 }
 
@@ -572,7 +693,11 @@ impl Cx {
                 path: path.to_owned(),
             }),
             other => {
-                self.problem(n.loc, path, &format!("expected a mapping, found {}", other.describe()));
+                self.problem(
+                    n.loc,
+                    path,
+                    &format!("expected a mapping, found {}", other.describe()),
+                );
                 None
             }
         }
@@ -582,7 +707,11 @@ impl Cx {
         match &n.value {
             Value::Seq(items) => Some(items),
             other => {
-                self.problem(n.loc, path, &format!("expected a list, found {}", other.describe()));
+                self.problem(
+                    n.loc,
+                    path,
+                    &format!("expected a list, found {}", other.describe()),
+                );
                 None
             }
         }
@@ -592,7 +721,11 @@ impl Cx {
         match &n.value {
             Value::Str(s) => Some(s.clone()),
             other => {
-                self.problem(n.loc, path, &format!("expected a string, found {}", other.describe()));
+                self.problem(
+                    n.loc,
+                    path,
+                    &format!("expected a string, found {}", other.describe()),
+                );
                 None
             }
         }
@@ -601,7 +734,11 @@ impl Cx {
     fn boolean(&mut self, n: &Node, path: &str, out: &mut bool) {
         match &n.value {
             Value::Bool(b) => *out = *b,
-            other => self.problem(n.loc, path, &format!("expected true or false, found {}", other.describe())),
+            other => self.problem(
+                n.loc,
+                path,
+                &format!("expected true or false, found {}", other.describe()),
+            ),
         }
     }
 
@@ -612,7 +749,14 @@ impl Cx {
                 true
             }
             other => {
-                self.problem(n.loc, path, &format!("expected a non-negative integer, found {}", other.describe()));
+                self.problem(
+                    n.loc,
+                    path,
+                    &format!(
+                        "expected a non-negative integer, found {}",
+                        other.describe()
+                    ),
+                );
                 false
             }
         }
@@ -641,7 +785,14 @@ impl Cx {
                 true
             }
             None => {
-                self.problem(n.loc, path, &format!("invalid duration {}; use a number with a unit: 500ms, 10s, 1m, 1h", n.value.describe()));
+                self.problem(
+                    n.loc,
+                    path,
+                    &format!(
+                        "invalid duration {}; use a number with a unit: 500ms, 10s, 1m, 1h",
+                        n.value.describe()
+                    ),
+                );
                 false
             }
         }
@@ -662,11 +813,19 @@ impl Cx {
         let Some(u) = self.string(n, path) else {
             return false;
         };
-        if schemes.iter().any(|s| u.starts_with(s) && u.len() > s.len()) && !u.contains(char::is_whitespace) {
+        if schemes
+            .iter()
+            .any(|s| u.starts_with(s) && u.len() > s.len())
+            && !u.contains(char::is_whitespace)
+        {
             *out = u;
             true
         } else {
-            self.problem(n.loc, path, &format!("{u:?} is not a URL starting with {}", schemes.join(" or ")));
+            self.problem(
+                n.loc,
+                path,
+                &format!("{u:?} is not a URL starting with {}", schemes.join(" or ")),
+            );
             false
         }
     }
@@ -675,9 +834,21 @@ impl Cx {
         if let Some(b) = self.string(n, path) {
             match b.as_str() {
                 "memory" => *out = Backend::Memory,
-                "redis" => self.problem(n.loc, path, "backend `redis` needs meltica built with the `redis` feature"),
-                "nats" => self.problem(n.loc, path, "backend `nats` needs meltica built with the `nats` feature"),
-                _ => self.problem(n.loc, path, &format!("unknown backend {b:?}; expected memory")),
+                "redis" => self.problem(
+                    n.loc,
+                    path,
+                    "backend `redis` needs meltica built with the `redis` feature",
+                ),
+                "nats" => self.problem(
+                    n.loc,
+                    path,
+                    "backend `nats` needs meltica built with the `nats` feature",
+                ),
+                _ => self.problem(
+                    n.loc,
+                    path,
+                    &format!("unknown backend {b:?}; expected memory"),
+                ),
             }
         }
     }
@@ -688,7 +859,11 @@ impl Cx {
         for it in items {
             if let Some(s) = self.string(it, path) {
                 if split_canonical(&s).is_none() {
-                    self.problem(it.loc, path, &format!("{s:?} is not an instrument like BTC-USDT"));
+                    self.problem(
+                        it.loc,
+                        path,
+                        &format!("{s:?} is not an instrument like BTC-USDT"),
+                    );
                 } else if out.contains(&s) {
                     self.problem(it.loc, path, &format!("{s} is listed twice"));
                 } else {
@@ -736,7 +911,13 @@ telemetry:
         assert_eq!(problems.len(), 3, "{problems:#?}");
         let p = &problems[0];
         assert_eq!(p.path, "adapter.binance.handshake_timeout");
-        assert_eq!(p.loc, Some(Loc { line: 4, column: 24 }));
+        assert_eq!(
+            p.loc,
+            Some(Loc {
+                line: 4,
+                column: 24
+            })
+        );
         assert_eq!(problems[1].path, "adapter.binance.colour");
         assert_eq!(problems[1].loc, Some(Loc { line: 5, column: 5 }));
         assert!(problems[1].message.contains("unknown key"));
@@ -759,7 +940,10 @@ dispatcher:
         let cfg = compile(yaml).unwrap();
         assert_eq!(cfg.dispatcher.routes.len(), 2);
         assert_eq!(cfg.dispatcher.routes[0].filters[0].op, FilterOp::In);
-        assert_eq!(cfg.dispatcher.routes[1].rest_pollers[0].interval, Duration::from_secs(5));
+        assert_eq!(
+            cfg.dispatcher.routes[1].rest_pollers[0].interval,
+            Duration::from_secs(5)
+        );
         let bad = "dispatcher:\n  routes:\n    - type: CANDLES\n    - {type: TRADE, filters: [{field: colour, op: like, value: x}]}\n";
         let problems = compile(bad).unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:#?}");

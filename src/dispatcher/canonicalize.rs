@@ -15,7 +15,9 @@ pub fn classify(body: &RawBody) -> (EventType, &'static str) {
         RawBody::AggTrade(_) => (EventType::Trade, "binance.ws.aggTrade"),
         RawBody::BookTicker(_) => (EventType::OrderbookTop, "binance.ws.bookTicker"),
         RawBody::Ticker(_) => (EventType::Ticker, "binance.ws.ticker"),
-        RawBody::DepthSnapshot(..) => (EventType::OrderbookSnapshot, "binance.rest.depth"),
+        RawBody::DepthSnapshot(..) | RawBody::StreamReset => {
+            (EventType::OrderbookSnapshot, "binance.rest.depth")
+        }
     }
 }
 
@@ -99,6 +101,7 @@ pub fn canonicalize(raw: RawInstance, seq: u64, trace_id: TraceId) -> Event {
                 trade_count: t.trade_count,
             })),
         ),
+        RawBody::StreamReset => (clock::wall_ms(), Payload::Snapshot(BookSnapshot::default())),
         RawBody::DepthSnapshot(s, received_ms) => (
             received_ms,
             Payload::Snapshot(BookSnapshot {

@@ -13,15 +13,17 @@ use crossbeam_channel::{Receiver, Sender};
 pub use self::table::{DispatchTable, FieldView, Route};
 use crate::adapter::{RawBody, RawInstance};
 use crate::config::WaitStrategy;
-use crate::engine::stage::recv_until;
-use crate::schema::{Event, EventType, TraceId};
+use crate::engine::stage::{Recv, recv_until};
+use crate::schema::{Event, EventType, Instrument, TraceId};
 
-/// An event on its way to the conductor. `publish` is false for book input that no
-/// consumer asked for but the conductor needs (diffs and snapshots feeding a fused book).
+/// What the dispatcher hands the conductor.
 #[derive(Debug)]
-pub struct Staged {
-    pub event: Event,
-    pub publish: bool,
+pub enum Staged {
+    /// A canonical event. `publish` is false for book input that no consumer asked for but
+    /// the conductor needs (diffs and snapshots feeding a fused book).
+    Event { event: Event, publish: bool },
+    /// The instrument's diff stream was interrupted: resync its book.
+    Reset(Instrument),
 }
 
 /// Per-type counters of the dispatcher.
@@ -91,34 +93,46 @@ impl Dispatcher {
     /// Routes one raw instance: `Some` when it goes on to the conductor.
     #[inline]
     fn route(&mut self, raw: RawInstance, local: &mut Local) -> Option<Staged> {
+        if matches!(raw.body, RawBody::StreamReset) {
+            return self
+                .table
+                .needs_book(raw.instrument.id())
+                .then_some(Staged::Reset(raw.instrument));
+        }
         let (t, _) = canonicalize::classify(&raw.body);
         let ti = t.index();
         local.ingested[ti] += 1;
         let id = raw.instrument.id();
         let routed = self.table.covers(t, id);
-        let book_input = matches!(raw.body, RawBody::DepthUpdate(_) | RawBody::DepthSnapshot(..))
-            && self.table.fuses(id);
+        let book_input = matches!(
+            raw.body,
+            RawBody::DepthUpdate(_) | RawBody::DepthSnapshot(..)
+        ) && self.table.fuses(id);
         if !routed && !book_input {
             // An event the table has no route for: rejected, never silently dropped.
             local.rejected[ti] += 1;
             if !self.warned_unrouted[ti] {
                 self.warned_unrouted[ti] = true;
-                crate::warn!("rejected {t} for {}: no route in the dispatch table (further rejections are only counted)", raw.instrument);
+                crate::warn!(
+                    "rejected {t} for {}: no route in the dispatch table (further rejections are only counted)",
+                    raw.instrument
+                );
             }
             return None;
         }
         let mut publish = routed;
         if routed
             && let Some(route) = self.table.route(t)
-                && !route.filters.is_empty() {
-                    let view = FieldView {
-                        instrument: raw.instrument.name(),
-                        side: canonicalize::side_of(&raw.body),
-                    };
-                    if !route.filters.iter().all(|f| f.matches(&view)) {
-                        publish = false;
-                    }
-                }
+            && !route.filters.is_empty()
+        {
+            let view = FieldView {
+                instrument: raw.instrument.name(),
+                side: canonicalize::side_of(&raw.body),
+            };
+            if !route.filters.iter().all(|f| f.matches(&view)) {
+                publish = false;
+            }
+        }
         if !publish && !book_input {
             local.filtered[ti] += 1;
             return None;
@@ -135,7 +149,7 @@ impl Dispatcher {
             0
         };
         let trace = TraceId::random(&mut self.rng);
-        Some(Staged {
+        Some(Staged::Event {
             event: canonicalize::canonicalize(raw, seq, trace),
             publish,
         })
@@ -147,21 +161,26 @@ impl Dispatcher {
         loop {
             let deadline = Instant::now() + Duration::from_millis(100);
             let first = match recv_until(&input, deadline, wait) {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(()) => break,
+                Recv::Item(r) => r,
+                Recv::Timeout => continue,
+                Recv::Closed => break,
             };
             // Drain what is already queued before blocking again; flush counters per batch.
             let mut next = Some(first);
             let mut n = 0;
             while let Some(raw) = next {
                 if let Some(staged) = self.route(raw, &mut local)
-                    && output.send(staged).is_err() {
-                        local.flush(&self.stats);
-                        return;
-                    }
+                    && output.send(staged).is_err()
+                {
+                    local.flush(&self.stats);
+                    return;
+                }
                 n += 1;
-                next = if n < 1024 { input.try_recv().ok() } else { None };
+                next = if n < 1024 {
+                    input.try_recv().ok()
+                } else {
+                    None
+                };
             }
             local.flush(&self.stats);
         }

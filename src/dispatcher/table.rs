@@ -119,7 +119,10 @@ impl DispatchTable {
 
     /// Every native topic the table needs, deduplicated and sorted.
     pub fn all_topics(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.routes().flat_map(|r| r.ws_topics.iter().cloned()).collect();
+        let mut v: Vec<String> = self
+            .routes()
+            .flat_map(|r| r.ws_topics.iter().cloned())
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -127,6 +130,8 @@ impl DispatchTable {
 
     /// Every REST poller the table needs.
     pub fn all_pollers(&self) -> Vec<(Instrument, std::time::Duration)> {
-        self.routes().flat_map(|r| r.pollers.iter().cloned()).collect()
+        self.routes()
+            .flat_map(|r| r.pollers.iter().cloned())
+            .collect()
     }
 }

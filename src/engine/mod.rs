@@ -116,12 +116,17 @@ impl Engine {
         let instruments: Vec<Instrument> = registry.all().to_vec();
         crate::info!(
             "streaming {} from {} ({})",
-            instruments.iter().map(|i| i.name()).collect::<Vec<_>>().join(", "),
+            instruments
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", "),
             bcfg.ws_url,
             bcfg.rest_url
         );
 
-        let table = DispatchTable::from_config(&config.dispatcher.routes, &registry, bcfg.trade_stream);
+        let table =
+            DispatchTable::from_config(&config.dispatcher.routes, &registry, bcfg.trade_stream);
         let topics = table.all_topics();
         let pollers = table.all_pollers();
         let books: Vec<(bool, bool)> = instruments
@@ -151,7 +156,9 @@ impl Engine {
             conductor_stats.clone(),
         );
         let conductor = supervisor
-            .spawn("meltica-conductor".into(), core(1), move || conductor.run(staged_rx, wait))
+            .spawn("meltica-conductor".into(), core(1), move || {
+                conductor.run(staged_rx, wait)
+            })
             .map_err(|source| EngineError::Spawn {
                 name: "meltica-conductor".into(),
                 source,
@@ -178,7 +185,11 @@ impl Engine {
         let adapter_stats = adapter.stats();
         // Acks are not awaited here: the first frames arrive once the exchange confirms.
         let _acks = adapter.subscribe(&topics)?;
-        crate::info!("subscribed {} streams over {} connection(s)", topics.len(), adapter.connection_count());
+        crate::info!(
+            "subscribed {} streams over {} connection(s)",
+            topics.len(),
+            adapter.connection_count()
+        );
 
         Ok(Engine {
             config,
@@ -263,7 +274,12 @@ impl Engine {
             c.rejected[i] = d.rejected[i].load(Relaxed);
             c.published[i] = self.conductor_stats.published_of(t);
         }
-        c.resyncs = self.conductor_stats.resyncs.iter().map(|r| r.load(Relaxed)).sum();
+        c.resyncs = self
+            .conductor_stats
+            .resyncs
+            .iter()
+            .map(|r| r.load(Relaxed))
+            .sum();
         c
     }
 

@@ -59,7 +59,12 @@ impl Supervisor {
     }
 
     /// Spawns `f` on a thread called `name`, pinned to `core` when given.
-    pub fn spawn<F>(&self, name: String, core: Option<usize>, f: F) -> std::io::Result<JoinHandle<()>>
+    pub fn spawn<F>(
+        &self,
+        name: String,
+        core: Option<usize>,
+        f: F,
+    ) -> std::io::Result<JoinHandle<()>>
     where
         F: FnOnce() + Send + 'static,
     {
@@ -67,9 +72,10 @@ impl Supervisor {
         let stage = name.clone();
         std::thread::Builder::new().name(name).spawn(move || {
             if let Some(id) = core
-                && !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-                    crate::warn!("could not pin {stage} to core {id}");
-                }
+                && !core_affinity::set_for_current(core_affinity::CoreId { id })
+            {
+                crate::warn!("could not pin {stage} to core {id}");
+            }
             if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
                 sup.fail(&stage, panic_message(payload.as_ref()));
             }
@@ -114,23 +120,32 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// The outcome of waiting on a stage's input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recv<T> {
+    Item(T),
+    /// The deadline passed.
+    Timeout,
+    /// Every sender is gone and the queue is empty.
+    Closed,
+}
+
 /// Waits for the next item until `deadline` with the configured strategy.
-/// `Ok(None)` means the deadline passed; `Err(())` means the channel closed and is empty.
 #[inline]
-pub fn recv_until<T>(rx: &Receiver<T>, deadline: Instant, wait: WaitStrategy) -> Result<Option<T>, ()> {
+pub fn recv_until<T>(rx: &Receiver<T>, deadline: Instant, wait: WaitStrategy) -> Recv<T> {
     match wait {
         WaitStrategy::Block => match rx.recv_deadline(deadline) {
-            Ok(v) => Ok(Some(v)),
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(()),
+            Ok(v) => Recv::Item(v),
+            Err(RecvTimeoutError::Timeout) => Recv::Timeout,
+            Err(RecvTimeoutError::Disconnected) => Recv::Closed,
         },
         WaitStrategy::Spin => loop {
             match rx.try_recv() {
-                Ok(v) => return Ok(Some(v)),
-                Err(TryRecvError::Disconnected) => return Err(()),
+                Ok(v) => return Recv::Item(v),
+                Err(TryRecvError::Disconnected) => return Recv::Closed,
                 Err(TryRecvError::Empty) => {
                     if Instant::now() >= deadline {
-                        return Ok(None);
+                        return Recv::Timeout;
                     }
                     std::hint::spin_loop();
                 }

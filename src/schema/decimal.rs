@@ -245,20 +245,23 @@ mod tests {
         assert_eq!(Decimal::parse("1.2.3"), Err(DecimalError::InvalidChar));
         assert_eq!(Decimal::parse("1e5"), Err(DecimalError::InvalidChar));
         assert_eq!(Decimal::parse("0.000000001"), Err(DecimalError::TooPrecise));
-        assert_eq!(
-            Decimal::parse("92233720369"),
-            Err(DecimalError::Overflow)
-        );
+        assert_eq!(Decimal::parse("92233720369"), Err(DecimalError::Overflow));
     }
 
     #[test]
     fn renders_shortest_and_fixed() {
-        assert_eq!(Decimal::parse("50000.01000000").unwrap().to_string(), "50000.01");
+        assert_eq!(
+            Decimal::parse("50000.01000000").unwrap().to_string(),
+            "50000.01"
+        );
         assert_eq!(Decimal::parse("1.50").unwrap().to_string(), "1.5");
         assert_eq!(Decimal::parse("0.00000000").unwrap().to_string(), "0");
         assert_eq!(Decimal::parse("-0.5").unwrap().to_string(), "-0.5");
         assert_eq!(Decimal::parse("12").unwrap().to_fixed8(), "12.00000000");
-        assert_eq!(Decimal::from_raw(i64::MAX).to_string(), "92233720368.54775807");
+        assert_eq!(
+            Decimal::from_raw(i64::MAX).to_string(),
+            "92233720368.54775807"
+        );
     }
 
     #[test]

@@ -43,7 +43,11 @@ impl MemorySnapshotStore {
     }
 
     /// Version-tagged CAS on a cell.
-    pub fn cas_cell(cell: &Cell, expected_version: u64, book: Arc<FusedBook>) -> Result<u64, StoreError> {
+    pub fn cas_cell(
+        cell: &Cell,
+        expected_version: u64,
+        book: Arc<FusedBook>,
+    ) -> Result<u64, StoreError> {
         let current = cell.load_full();
         let found = current.as_ref().map_or(0, |r| r.version);
         if found != expected_version {
@@ -91,7 +95,12 @@ impl SnapshotStore for MemorySnapshotStore {
         }
     }
 
-    fn compare_and_swap(&self, key: &Key, expected_version: u64, book: Arc<FusedBook>) -> Result<u64, StoreError> {
+    fn compare_and_swap(
+        &self,
+        key: &Key,
+        expected_version: u64,
+        book: Arc<FusedBook>,
+    ) -> Result<u64, StoreError> {
         Self::cas_cell(&self.cell(key), expected_version, book)
     }
 }
@@ -107,7 +116,9 @@ mod tests {
         assert_eq!(s.get(&k).unwrap(), None);
         assert_eq!(s.compare_and_swap(&k, 0, Arc::default()).unwrap(), 1);
         let e = s.compare_and_swap(&k, 0, Arc::default()).unwrap_err();
-        let StoreError::Conflict { current, .. } = e else { panic!() };
+        let StoreError::Conflict { current, .. } = e else {
+            panic!()
+        };
         assert_eq!(current.unwrap().version, 1);
         assert_eq!(s.put(&k, Arc::default()).unwrap(), 2);
         assert_eq!(s.get(&k).unwrap().unwrap().version, 2);

@@ -163,6 +163,9 @@ impl BinanceSymbolInfo {
                 .and_then(|s| Decimal::parse(s).ok())
                 .unwrap_or(Decimal::ZERO)
         };
-        (find("PRICE_FILTER", "tickSize"), find("LOT_SIZE", "stepSize"))
+        (
+            find("PRICE_FILTER", "tickSize"),
+            find("LOT_SIZE", "stepSize"),
+        )
     }
 }

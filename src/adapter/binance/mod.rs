@@ -88,7 +88,10 @@ pub fn resolve_instruments(
                 });
             }
             Some(info) => {
-                crate::warn!("{name}: the exchange lists {symbol} as {}; skipped", info.status);
+                crate::warn!(
+                    "{name}: the exchange lists {symbol} as {}; skipped",
+                    info.status
+                );
                 skipped.push(name.clone());
             }
             None => {
@@ -182,7 +185,10 @@ impl BinanceAdapter {
 
     /// Subscribes native topics, opening connections as the per-connection limit requires.
     /// Each affected connection answers on `ack` once the exchange confirmed.
-    pub fn subscribe(&mut self, topics: &[String]) -> Result<Vec<Receiver<NativeAck>>, AdapterError> {
+    pub fn subscribe(
+        &mut self,
+        topics: &[String],
+    ) -> Result<Vec<Receiver<NativeAck>>, AdapterError> {
         let mut per_conn: HashMap<usize, Vec<String>> = HashMap::new();
         for t in topics {
             if self.conns.iter().any(|c| c.topics.contains(t)) {
@@ -202,7 +208,9 @@ impl BinanceAdapter {
         let mut acks = Vec::new();
         for (idx, list) in per_conn {
             let (tx, rx) = bounded(1);
-            let _ = self.conns[idx].tx.send(WsCommand::Subscribe(list, Some(tx)));
+            let _ = self.conns[idx]
+                .tx
+                .send(WsCommand::Subscribe(list, Some(tx)));
             acks.push(rx);
         }
         Ok(acks)
@@ -212,7 +220,11 @@ impl BinanceAdapter {
     pub fn unsubscribe(&mut self, topics: &[String]) -> Vec<Receiver<NativeAck>> {
         let mut acks = Vec::new();
         for c in &mut self.conns {
-            let gone: Vec<String> = topics.iter().filter(|t| c.topics.remove(*t)).cloned().collect();
+            let gone: Vec<String> = topics
+                .iter()
+                .filter(|t| c.topics.remove(*t))
+                .cloned()
+                .collect();
             if !gone.is_empty() {
                 let (tx, rx) = bounded(1);
                 let _ = c.tx.send(WsCommand::Unsubscribe(gone, Some(tx)));
@@ -280,11 +292,16 @@ impl RestStage {
         let mut queue: VecDeque<SnapshotRequest> = VecDeque::new();
         let mut queued: BTreeSet<u32> = BTreeSet::new();
         let now = Instant::now();
-        let mut next_poll: Vec<Instant> = self.pollers.iter().map(|(_, every)| now + *every).collect();
+        let mut next_poll: Vec<Instant> =
+            self.pollers.iter().map(|(_, every)| now + *every).collect();
         let mut not_before = Instant::now();
         let mut failures: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
-            let wait = if queue.is_empty() { Duration::from_millis(50) } else { Duration::ZERO };
+            let wait = if queue.is_empty() {
+                Duration::from_millis(50)
+            } else {
+                Duration::ZERO
+            };
             match self.requests.recv_timeout(wait) {
                 Ok(r) => enqueue(&mut queue, &mut queued, r),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -301,10 +318,14 @@ impl RestStage {
             for (i, (inst, every)) in self.pollers.iter().enumerate() {
                 if now >= next_poll[i] {
                     next_poll[i] = now + *every;
-                    enqueue(&mut queue, &mut queued, SnapshotRequest {
-                        instrument: inst.clone(),
-                        reason: SnapshotReason::Scheduled,
-                    });
+                    enqueue(
+                        &mut queue,
+                        &mut queued,
+                        SnapshotRequest {
+                            instrument: inst.clone(),
+                            reason: SnapshotReason::Scheduled,
+                        },
+                    );
                 }
             }
             if now < not_before {
@@ -337,7 +358,10 @@ impl RestStage {
                     let delay = e.retry_after().unwrap_or_else(|| {
                         Duration::from_millis((200u64 << failures.min(8)).min(30_000))
                     });
-                    crate::warn!("snapshot of {} failed: {e}; retrying in {delay:?}", req.instrument);
+                    crate::warn!(
+                        "snapshot of {} failed: {e}; retrying in {delay:?}",
+                        req.instrument
+                    );
                     not_before = Instant::now() + delay;
                     if e.is_retryable() || req.reason == SnapshotReason::Resync {
                         queue.push_front(req);
@@ -355,11 +379,12 @@ fn enqueue(queue: &mut VecDeque<SnapshotRequest>, queued: &mut BTreeSet<u32>, r:
     if queued.contains(&id) {
         // Already waiting; a resync overtakes a scheduled poll of the same instrument.
         if r.reason == SnapshotReason::Resync
-            && let Some(pos) = queue.iter().position(|q| q.instrument.id() == id) {
-                let mut q = queue.remove(pos).expect("position is in range");
-                q.reason = SnapshotReason::Resync;
-                queue.push_front(q);
-            }
+            && let Some(pos) = queue.iter().position(|q| q.instrument.id() == id)
+        {
+            let mut q = queue.remove(pos).expect("position is in range");
+            q.reason = SnapshotReason::Resync;
+            queue.push_front(q);
+        }
         return;
     }
     queued.insert(id);

@@ -212,7 +212,9 @@ mod tests {
     #[test]
     fn trade_from_docs() {
         let raw = r#"{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}"#;
-        let RawBody::Trade(t) = instance(raw).body else { panic!() };
+        let RawBody::Trade(t) = instance(raw).body else {
+            panic!()
+        };
         assert_eq!(t.trade_id, 12345);
         assert_eq!(t.price, d("0.001"));
         assert_eq!(t.quantity, d("100"));
@@ -222,8 +224,13 @@ mod tests {
     #[test]
     fn agg_trade_from_docs() {
         let raw = r#"{"e":"aggTrade","E":1672515782136,"s":"BNBBTC","a":12345,"p":"0.001","q":"100","f":100,"l":105,"T":1672515782136,"m":true,"M":true}"#;
-        let RawBody::AggTrade(t) = instance(raw).body else { panic!() };
-        assert_eq!((t.agg_id, t.first_trade_id, t.last_trade_id), (12345, 100, 105));
+        let RawBody::AggTrade(t) = instance(raw).body else {
+            panic!()
+        };
+        assert_eq!(
+            (t.agg_id, t.first_trade_id, t.last_trade_id),
+            (12345, 100, 105)
+        );
     }
 
     #[test]
@@ -231,7 +238,9 @@ mod tests {
         let raw = r#"{"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}"#;
         let i = instance(raw);
         assert_eq!(i.instrument.name(), "BNB-USDT");
-        let RawBody::BookTicker(t) = i.body else { panic!() };
+        let RawBody::BookTicker(t) = i.body else {
+            panic!()
+        };
         assert_eq!(t.update_id, 400900217);
         assert_eq!(t.ask_qty, d("40.66"));
     }
@@ -239,7 +248,9 @@ mod tests {
     #[test]
     fn ticker_from_docs() {
         let raw = r#"{"e":"24hrTicker","E":1672515782136,"s":"BNBBTC","p":"0.0015","P":"250.00","w":"0.0018","x":"0.0009","c":"0.0025","Q":"10","b":"0.0024","B":"10","a":"0.0026","A":"100","o":"0.0010","h":"0.0025","l":"0.0010","v":"10000","q":"18","O":0,"C":86400000,"F":0,"L":18150,"n":18151}"#;
-        let RawBody::Ticker(t) = instance(raw).body else { panic!() };
+        let RawBody::Ticker(t) = instance(raw).body else {
+            panic!()
+        };
         assert_eq!(t.last_price, d("0.0025"));
         assert_eq!(t.price_change_percent, d("250"));
         assert_eq!(t.trade_count, 18151);
@@ -259,7 +270,11 @@ mod tests {
         let r = registry();
         assert_eq!(
             parse_frame(r#"{"result":null,"id":1}"#, &r, 0),
-            Ok(Frame::Response(Response { id: 1, error: None, streams: None }))
+            Ok(Frame::Response(Response {
+                id: 1,
+                error: None,
+                streams: None
+            }))
         );
         let Ok(Frame::Response(list)) =
             parse_frame(r#"{"result":["btcusdt@trade"],"id":3}"#, &r, 0)
@@ -282,13 +297,34 @@ mod tests {
         let r = registry();
         let cases = [
             ("not json", ParseError::Malformed),
-            (r#"{"e":"trade","E":1,"s":"BNBBTC","t":1}"#, ParseError::Malformed),
-            (r#"{"e":"trade","E":1,"s":"BNBBTC","t":1,"p":"x","q":"1","T":1,"m":true}"#, ParseError::Malformed),
-            (r#"{"e":"kline","E":1,"s":"BNBBTC"}"#, ParseError::UnknownType),
-            (r#"{"stream":"bnbbtc@kline_1m","data":{}}"#, ParseError::UnknownType),
-            (r#"{"stream":"ethbtc@trade","data":{}}"#, ParseError::UnknownSymbol),
-            (r#"{"e":"trade","E":1,"s":"XRPBTC"}"#, ParseError::UnknownSymbol),
-            (r#"{"stream":"bnbbtc@trade","data":{"e":"trade"}"#, ParseError::Malformed),
+            (
+                r#"{"e":"trade","E":1,"s":"BNBBTC","t":1}"#,
+                ParseError::Malformed,
+            ),
+            (
+                r#"{"e":"trade","E":1,"s":"BNBBTC","t":1,"p":"x","q":"1","T":1,"m":true}"#,
+                ParseError::Malformed,
+            ),
+            (
+                r#"{"e":"kline","E":1,"s":"BNBBTC"}"#,
+                ParseError::UnknownType,
+            ),
+            (
+                r#"{"stream":"bnbbtc@kline_1m","data":{}}"#,
+                ParseError::UnknownType,
+            ),
+            (
+                r#"{"stream":"ethbtc@trade","data":{}}"#,
+                ParseError::UnknownSymbol,
+            ),
+            (
+                r#"{"e":"trade","E":1,"s":"XRPBTC"}"#,
+                ParseError::UnknownSymbol,
+            ),
+            (
+                r#"{"stream":"bnbbtc@trade","data":{"e":"trade"}"#,
+                ParseError::Malformed,
+            ),
         ];
         for (text, err) in cases {
             assert_eq!(parse_frame(text, &r, 0), Err(err), "{text}");

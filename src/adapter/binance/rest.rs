@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::messages::{BinanceApiError, BinanceDepthSnapshot, BinanceExchangeInfo, BinanceSymbolInfo};
+use super::messages::{
+    BinanceApiError, BinanceDepthSnapshot, BinanceExchangeInfo, BinanceSymbolInfo,
+};
 use super::parse::parse_depth_snapshot;
 use crate::config::BinanceConfig;
 

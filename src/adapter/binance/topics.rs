@@ -35,7 +35,10 @@ mod tests {
         let t = |e| topics_for(e, &i, TradeStream::Trade);
         assert_eq!(t(EventType::Ticker), ["btcusdt@ticker"]);
         assert_eq!(t(EventType::Trade), ["btcusdt@trade"]);
-        assert_eq!(topics_for(EventType::Trade, &i, TradeStream::AggTrade), ["btcusdt@aggTrade"]);
+        assert_eq!(
+            topics_for(EventType::Trade, &i, TradeStream::AggTrade),
+            ["btcusdt@aggTrade"]
+        );
         assert_eq!(t(EventType::OrderbookTop), ["btcusdt@bookTicker"]);
         assert_eq!(t(EventType::OrderbookDelta), ["btcusdt@depth@100ms"]);
         assert_eq!(t(EventType::AnalyticsFused), ["btcusdt@depth@100ms"]);

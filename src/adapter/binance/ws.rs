@@ -65,6 +65,7 @@ pub(crate) struct WsConnection {
 impl WsConnection {
     pub fn run(mut self) {
         let mut attempt: u32 = 0;
+        let mut sessions: u64 = 0;
         // Acks of requests whose session died before the exchange answered.
         let mut carried: Vec<Sender<NativeAck>> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
@@ -72,9 +73,17 @@ impl WsConnection {
             match self.connect() {
                 Ok(ws) => {
                     if attempt > 0 {
-                        crate::info!("connection {} re-established; resubscribing {} streams", self.id, self.desired.len());
+                        crate::info!(
+                            "connection {} re-established; resubscribing {} streams",
+                            self.id,
+                            self.desired.len()
+                        );
                     }
                     attempt = 0;
+                    sessions += 1;
+                    if sessions > 1 && !self.reset_books() {
+                        break;
+                    }
                     self.stats.connections.fetch_add(1, Ordering::Relaxed);
                     let end = self.session(ws, &mut carried);
                     self.stats.connections.fetch_sub(1, Ordering::Relaxed);
@@ -100,6 +109,30 @@ impl WsConnection {
         for ack in carried {
             let _ = ack.send(Err("engine stopped".into()));
         }
+    }
+
+    /// Tells downstream that every book fed by this connection missed diffs.
+    /// Returns false when downstream is gone.
+    fn reset_books(&self) -> bool {
+        for t in &self.desired {
+            let Some((prefix, rest)) = t.split_once('@') else {
+                continue;
+            };
+            if !rest.starts_with("depth") {
+                continue;
+            }
+            if let Some(i) = self.registry.by_stream_prefix(prefix) {
+                let raw = RawInstance {
+                    instrument: i.clone(),
+                    ingress_ns: clock::mono_ns(),
+                    body: crate::adapter::RawBody::StreamReset,
+                };
+                if self.out.send(raw).is_err() {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// While disconnected, commands only change what the next session subscribes to.
@@ -131,7 +164,10 @@ impl WsConnection {
             .map_err(|e| format!("bad URL: {e}"))?;
         let host = request.uri().host().ok_or("URL has no host")?.to_owned();
         let tls = request.uri().scheme_str() == Some("wss");
-        let port = request.uri().port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let port = request
+            .uri()
+            .port_u16()
+            .unwrap_or(if tls { 443 } else { 80 });
         let addrs = (host.as_str(), port)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve {host}: {e}"))?;
@@ -177,9 +213,17 @@ impl WsConnection {
         let topics: Vec<String> = self.desired.iter().cloned().collect();
         let mut first = true;
         for chunk in topics.chunks(TOPICS_PER_MESSAGE) {
-            let acks = if first { std::mem::take(carried) } else { Vec::new() };
+            let acks = if first {
+                std::mem::take(carried)
+            } else {
+                Vec::new()
+            };
             first = false;
-            outbox.push_back((next_id, request("SUBSCRIBE", chunk, next_id), Pending { acks }));
+            outbox.push_back((
+                next_id,
+                request("SUBSCRIBE", chunk, next_id),
+                Pending { acks },
+            ));
             next_id += 1;
         }
         for ack in carried.drain(..) {
@@ -210,7 +254,11 @@ impl WsConnection {
                                 let result = match r.error {
                                     None => Ok(()),
                                     Some(e) => {
-                                        crate::warn!("connection {}: request {} refused: {e}", self.id, r.id);
+                                        crate::warn!(
+                                            "connection {}: request {} refused: {e}",
+                                            self.id,
+                                            r.id
+                                        );
                                         Err(e)
                                     }
                                 };
@@ -239,12 +287,17 @@ impl WsConnection {
                 }
                 Ok(Message::Close(frame)) => {
                     local.flush(&self.stats);
-                    let why = frame.map_or("close frame".to_string(), |f| format!("closed by server: {} {}", f.code, f.reason));
+                    let why = frame.map_or("close frame".to_string(), |f| {
+                        format!("closed by server: {} {}", f.code, f.reason)
+                    });
                     let _ = ws.flush();
                     return SessionEnd::Lost(why);
                 }
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
                 {
                     idle = true;
                 }
@@ -267,7 +320,10 @@ impl WsConnection {
             loop {
                 match self.commands.try_recv() {
                     Ok(WsCommand::Subscribe(topics, ack)) => {
-                        let new: Vec<String> = topics.into_iter().filter(|t| self.desired.insert(t.clone())).collect();
+                        let new: Vec<String> = topics
+                            .into_iter()
+                            .filter(|t| self.desired.insert(t.clone()))
+                            .collect();
                         if new.is_empty() {
                             if let Some(a) = ack {
                                 let _ = a.send(Ok(()));
@@ -275,20 +331,37 @@ impl WsConnection {
                             continue;
                         }
                         for (i, chunk) in new.chunks(TOPICS_PER_MESSAGE).enumerate() {
-                            let acks = if i == 0 { ack.iter().cloned().collect() } else { Vec::new() };
-                            outbox.push_back((next_id, request("SUBSCRIBE", chunk, next_id), Pending { acks }));
+                            let acks = if i == 0 {
+                                ack.iter().cloned().collect()
+                            } else {
+                                Vec::new()
+                            };
+                            outbox.push_back((
+                                next_id,
+                                request("SUBSCRIBE", chunk, next_id),
+                                Pending { acks },
+                            ));
                             next_id += 1;
                         }
                     }
                     Ok(WsCommand::Unsubscribe(topics, ack)) => {
-                        let gone: Vec<String> = topics.into_iter().filter(|t| self.desired.remove(t)).collect();
+                        let gone: Vec<String> = topics
+                            .into_iter()
+                            .filter(|t| self.desired.remove(t))
+                            .collect();
                         if gone.is_empty() {
                             if let Some(a) = ack {
                                 let _ = a.send(Ok(()));
                             }
                             continue;
                         }
-                        outbox.push_back((next_id, request("UNSUBSCRIBE", &gone, next_id), Pending { acks: ack.into_iter().collect() }));
+                        outbox.push_back((
+                            next_id,
+                            request("UNSUBSCRIBE", &gone, next_id),
+                            Pending {
+                                acks: ack.into_iter().collect(),
+                            },
+                        ));
                         next_id += 1;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -300,22 +373,25 @@ impl WsConnection {
                 }
             }
             // One client message per `min_gap`: Binance counts them, pings and pongs too.
-            if !outbox.is_empty() && last_sent.is_none_or(|t| t.elapsed() >= min_gap)
-                && let Some((id, text, p)) = outbox.pop_front() {
-                    if let Err(e) = ws.send(Message::text(text)) {
-                        for a in p.acks {
-                            carried.push(a);
-                        }
-                        return SessionEnd::Lost(format!("send failed: {e}"));
+            if !outbox.is_empty()
+                && last_sent.is_none_or(|t| t.elapsed() >= min_gap)
+                && let Some((id, text, p)) = outbox.pop_front()
+            {
+                if let Err(e) = ws.send(Message::text(text)) {
+                    for a in p.acks {
+                        carried.push(a);
                     }
-                    pending.insert(id, p);
-                    last_sent = Some(Instant::now());
+                    return SessionEnd::Lost(format!("send failed: {e}"));
                 }
+                pending.insert(id, p);
+                last_sent = Some(Instant::now());
+            }
             // Push out queued pongs.
             if let Err(e) = ws.flush()
-                && !is_would_block(&e) {
-                    return SessionEnd::Lost(format!("flush failed: {e}"));
-                }
+                && !is_would_block(&e)
+            {
+                return SessionEnd::Lost(format!("flush failed: {e}"));
+            }
             if last_data.elapsed() > self.cfg.no_data_timeout {
                 carry_pending(&mut pending, &mut outbox, carried);
                 return SessionEnd::Lost(format!("no data for {:?}", self.cfg.no_data_timeout));
@@ -395,7 +471,10 @@ mod tests {
         for attempt in 0..30 {
             let d = backoff(&cfg, attempt);
             let cap = (250u64 << attempt.min(20)).min(30_000);
-            assert!(d.as_millis() as u64 >= cap / 2 && d.as_millis() as u64 <= cap, "{attempt}: {d:?}");
+            assert!(
+                d.as_millis() as u64 >= cap / 2 && d.as_millis() as u64 <= cap,
+                "{attempt}: {d:?}"
+            );
         }
     }
 
@@ -403,6 +482,9 @@ mod tests {
     fn subscribe_request_shape() {
         let r = request("SUBSCRIBE", &["btcusdt@trade".into()], 7);
         let v: serde_json::Value = serde_json::from_str(&r).unwrap();
-        assert_eq!(v, serde_json::json!({"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":7}));
+        assert_eq!(
+            v,
+            serde_json::json!({"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":7})
+        );
     }
 }

@@ -1,0 +1,41 @@
+//! Shared helpers for integration tests: a simulator on loopback and a config aimed at it.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use meltica::config::{Config, LogLevel};
+use meltica::simulator::{Simulator, SimulatorConfig};
+
+/// Starts a simulator on 127.0.0.1:0 with the given market steps per second.
+pub fn simulator(updates_per_sec: u32) -> Simulator {
+    Simulator::start(SimulatorConfig {
+        updates_per_sec,
+        ..SimulatorConfig::default()
+    })
+    .expect("start simulator")
+}
+
+/// The default config pointed at `sim`, streaming BTC-USDT and ETH-USDT.
+pub fn config_for(sim: &Simulator) -> Config {
+    let mut cfg = Config::default();
+    cfg.adapter.binance.ws_url = sim.ws_url();
+    cfg.adapter.binance.rest_url = sim.rest_url();
+    cfg.adapter.binance.reconnect.initial = Duration::from_millis(100);
+    cfg.adapter.binance.reconnect.max = Duration::from_millis(800);
+    cfg.adapter.binance.snapshot.depth = 100;
+    cfg.instruments = vec!["BTC-USDT".into(), "ETH-USDT".into()];
+    cfg.log = LogLevel::Warn;
+    cfg
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
