@@ -142,11 +142,11 @@ fn run_engine(
         if failure.recv_timeout(Duration::from_millis(50)).is_ok() {
             break;
         }
-        if let Some(v) = view.as_mut() {
-            if Instant::now() >= next_view {
-                next_view += Duration::from_secs(1);
-                v.render(&engine);
-            }
+        if let Some(v) = view.as_mut()
+            && Instant::now() >= next_view
+        {
+            next_view += Duration::from_secs(1);
+            v.render(&engine);
         }
     }
     let result = engine.shutdown();
