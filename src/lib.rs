@@ -52,6 +52,7 @@
 //! let mut config = Config::default();
 //! config.adapter.binance.ws_url = sim.ws_url();
 //! config.adapter.binance.rest_url = sim.rest_url();
+//! config.control.addr = Some("127.0.0.1:0".parse()?); // any free port for the control API
 //! let builder = Engine::builder(config);
 //! let books = builder.subscribe(
 //!     SubscriptionFilter::types(&[EventType::AnalyticsFused]),

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 fn meltica() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meltica"));
-    c.env_remove("MELTICA_CONFIG").env_remove("MELTICA_LOG");
+    c.env_remove("MELTICA_CONFIG")
+        .env_remove("MELTICA_LOG")
+        .env("MELTICA_CONTROL_ADDR", "127.0.0.1:0");
     c
 }
 

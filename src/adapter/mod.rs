@@ -15,6 +15,25 @@ pub use registry::InstrumentRegistry;
 
 use crate::schema::Instrument;
 
+/// What flows from the adapter into the dispatcher.
+#[derive(Debug)]
+pub enum Ingress {
+    Raw(RawInstance),
+    /// A marker the dispatcher and conductor pass along in order; the sender is signalled
+    /// once everything ahead of it has been published. The control plane uses it to make a
+    /// routing change effective before acknowledging it.
+    Barrier(crossbeam_channel::Sender<()>),
+}
+
+impl From<RawInstance> for Ingress {
+    fn from(r: RawInstance) -> Self {
+        Ingress::Raw(r)
+    }
+}
+
+/// The instrument registry, swapped whole when an instrument is added at runtime.
+pub type SharedRegistry = Arc<arc_swap::ArcSwap<InstrumentRegistry>>;
+
 /// One parsed exchange message, bound to a known instrument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawInstance {

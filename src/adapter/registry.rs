@@ -6,7 +6,7 @@ use crate::schema::{Instrument, InstrumentInfo};
 
 /// Instruments resolved from the exchange at start. Lookups by symbol borrow the frame's
 /// `&str` and never allocate.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct InstrumentRegistry {
     by_symbol: HashMap<Box<str>, Instrument>,
     by_name: HashMap<Box<str>, Instrument>,
@@ -15,6 +15,9 @@ pub struct InstrumentRegistry {
 }
 
 impl InstrumentRegistry {
+    /// Most instruments one engine streams.
+    pub const MAX: usize = 4096;
+
     /// Adds an instrument (its `id` is assigned here) and returns its handle.
     pub fn insert(&mut self, mut info: InstrumentInfo) -> Instrument {
         if let Some(i) = self.by_name.get(&info.name) {

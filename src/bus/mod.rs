@@ -1,7 +1,10 @@
 //! The data bus: fans canonical events out to consumers.
 
+pub mod control;
 pub mod data;
+pub mod http;
 pub mod memory;
 
 pub use data::{DataBus, SubscribeOptions, Subscription, SubscriptionFilter, SubscriptionStats};
 pub use memory::MemoryDataBus;
+pub use control::{ControlBus, MemoryControlBus};

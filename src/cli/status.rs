@@ -67,7 +67,7 @@ impl StatusView {
                 bid,
                 ask,
                 rate,
-                engine.book_status(inst).as_str()
+                engine.book_status(&inst).as_str()
             ));
         }
         let _ = std::io::stderr().lock().write_all(out.as_bytes());

@@ -17,7 +17,7 @@ use crate::adapter::binance::{SnapshotReason, SnapshotRequest};
 use crate::bus::DataBus;
 use crate::clock;
 use crate::config::{ConductorConfig, WaitStrategy};
-use crate::dispatcher::Staged;
+use crate::dispatcher::{DispatchTable, SharedTable, Staged};
 use crate::engine::stage::{Recv, recv_until};
 use crate::schema::{Event, EventType, FusedBook, Instrument, Payload, Quality, TraceId};
 use crate::snapshot::memory::{Cell, MemorySnapshotStore};
@@ -40,6 +40,7 @@ pub struct ConductorStats {
 }
 
 impl ConductorStats {
+    /// Counters for up to `instruments` instruments (ids `0..instruments`).
     pub fn new(instruments: usize) -> Self {
         ConductorStats {
             published: (0..instruments).map(|_| Default::default()).collect(),
@@ -87,7 +88,11 @@ struct Slot {
 /// The conductor stage.
 pub struct Conductor {
     cfg: ConductorConfig,
-    slots: Vec<Slot>,
+    /// Indexed by instrument id; created when an instrument first shows up.
+    slots: Vec<Option<Slot>>,
+    shared_table: SharedTable,
+    table: Arc<DispatchTable>,
+    store: Arc<MemorySnapshotStore>,
     snapshots: Sender<SnapshotRequest>,
     bus: Arc<dyn DataBus>,
     stats: Arc<ConductorStats>,
@@ -96,43 +101,76 @@ pub struct Conductor {
 }
 
 impl Conductor {
-    /// `books[i]` = (needs a local book, publishes fused books) for instrument id `i`.
     pub fn new(
         cfg: ConductorConfig,
-        instruments: &[Instrument],
-        books: &[(bool, bool)],
+        table: SharedTable,
         snapshots: Sender<SnapshotRequest>,
         bus: Arc<dyn DataBus>,
-        store: &MemorySnapshotStore,
+        store: Arc<MemorySnapshotStore>,
         stats: Arc<ConductorStats>,
     ) -> Self {
-        let now = Instant::now();
-        let slots = instruments
-            .iter()
-            .zip(books)
-            .map(|(i, &(needs_book, fuses))| Slot {
-                instrument: i.clone(),
-                sync: BookSync::new(),
-                needs_book,
-                fuses,
-                fused_seq: 0,
-                last_publish: None,
-                dirty: false,
-                last_diff: now,
-                last_ingress_ns: 0,
-                last_trace: TraceId::NONE,
-                cell: store.cell(&Key::fused(i.name())),
-                version: 0,
-            })
-            .collect();
+        let n = stats.published.len();
         Conductor {
             cfg,
-            slots,
+            slots: Vec::new(),
+            table: table.load_full(),
+            shared_table: table,
+            store,
             snapshots,
             bus,
             stats,
-            local_published: vec![[0; EventType::COUNT]; instruments.len()],
+            local_published: vec![[0; EventType::COUNT]; n],
             local_consumed: 0,
+        }
+    }
+
+    fn slot_index(&mut self, inst: &Instrument) -> usize {
+        let id = inst.id() as usize;
+        if self.slots.len() <= id {
+            self.slots.resize_with(id + 1, || None);
+        }
+        if self.slots[id].is_none() {
+            self.slots[id] = Some(Slot {
+                instrument: inst.clone(),
+                sync: BookSync::new(),
+                needs_book: self.table.needs_book(inst.id()),
+                fuses: self.table.fuses(inst.id()),
+                fused_seq: 0,
+                last_publish: None,
+                dirty: false,
+                last_diff: Instant::now(),
+                last_ingress_ns: 0,
+                last_trace: TraceId::NONE,
+                cell: self.store.cell(&Key::fused(inst.name())),
+                version: 0,
+            });
+        }
+        id
+    }
+
+    fn slot(&mut self, id: usize) -> &mut Slot {
+        self.slots[id].as_mut().expect("slot exists once indexed")
+    }
+
+    /// Picks up a new dispatch table: books no longer needed are dropped (they would miss
+    /// diffs), books newly needed start syncing.
+    fn refresh_table(&mut self) {
+        let table = self.shared_table.load_full();
+        if table.version == self.table.version {
+            return;
+        }
+        self.table = table;
+        for id in 0..self.slots.len() {
+            let Some(slot) = self.slots[id].as_mut() else { continue };
+            let needs = self.table.needs_book(id as u32);
+            let fuses = self.table.fuses(id as u32);
+            if slot.needs_book && !needs {
+                slot.sync.lose_sync(SyncError::StreamReset);
+                slot.dirty = false;
+                self.stats.status[id].store(0, Ordering::Relaxed);
+            }
+            slot.needs_book = needs;
+            slot.fuses = fuses;
         }
     }
 
@@ -166,7 +204,7 @@ impl Conductor {
             self.flush_stats();
         }
         for i in 0..self.slots.len() {
-            if self.slots[i].dirty {
+            if self.slots[i].as_ref().is_some_and(|s| s.dirty) {
                 self.publish_fused(i, Instant::now());
             }
         }
@@ -176,6 +214,7 @@ impl Conductor {
     fn next_deadline(&self, now: Instant) -> Option<Instant> {
         self.slots
             .iter()
+            .flatten()
             .filter(|s| s.dirty)
             .map(|s| s.last_publish.map_or(now, |t| t + self.cfg.throttle))
             .min()
@@ -185,23 +224,30 @@ impl Conductor {
         let (mut event, publish) = match staged {
             Staged::Event { event, publish } => (event, publish),
             Staged::Reset(instrument) => {
-                let id = instrument.id() as usize;
-                if self.slots[id].needs_book {
-                    let step = self.slots[id].sync.lose_sync(SyncError::StreamReset);
+                let id = self.slot_index(&instrument);
+                if self.slot(id).needs_book {
+                    let step = self.slot(id).sync.lose_sync(SyncError::StreamReset);
                     self.after_step(id, step, Instant::now());
                 }
                 return;
             }
+            Staged::Barrier(done) => {
+                self.refresh_table();
+                self.flush_stats();
+                let _ = done.send(());
+                return;
+            }
         };
-        let Some(id) = event.instrument.as_ref().map(|i| i.id() as usize) else {
+        let Some(inst) = event.instrument.clone() else {
             self.emit(event);
             return;
         };
+        let id = self.slot_index(&inst);
         let now = Instant::now();
-        if self.slots[id].needs_book {
+        if self.slot(id).needs_book {
             let step = match &event.payload {
                 Payload::Delta(d) => {
-                    let slot = &mut self.slots[id];
+                    let slot = self.slots[id].as_mut().expect("indexed");
                     slot.last_diff = now;
                     slot.last_ingress_ns = event.ingress_ns;
                     slot.last_trace = event.trace_id;
@@ -210,7 +256,7 @@ impl Conductor {
                     Some(step)
                 }
                 Payload::Snapshot(s) => {
-                    let slot = &mut self.slots[id];
+                    let slot = self.slots[id].as_mut().expect("indexed");
                     slot.last_ingress_ns = event.ingress_ns;
                     slot.last_trace = event.trace_id;
                     Some(slot.sync.on_snapshot(s))
@@ -229,7 +275,7 @@ impl Conductor {
     }
 
     fn after_step(&mut self, id: usize, step: Step, now: Instant) {
-        let slot = &mut self.slots[id];
+        let slot = self.slots[id].as_mut().expect("indexed");
         if step.ignored {
             self.stats.ignored_diffs.fetch_add(1, Ordering::Relaxed);
         }
@@ -271,14 +317,16 @@ impl Conductor {
 
     fn timers(&mut self, now: Instant) {
         for id in 0..self.slots.len() {
-            let s = &self.slots[id];
+            let Some(s) = self.slots[id].as_ref() else {
+                continue;
+            };
             if s.dirty
                 && s.last_publish
                     .is_none_or(|t| now.duration_since(t) >= self.cfg.throttle)
             {
                 self.publish_fused(id, now);
             }
-            let s = &mut self.slots[id];
+            let s = self.slots[id].as_mut().expect("checked above");
             if s.needs_book
                 && s.sync.status == SyncStatus::Live
                 && now.duration_since(s.last_diff) > self.cfg.staleness
@@ -291,7 +339,7 @@ impl Conductor {
 
     fn publish_fused(&mut self, id: usize, now: Instant) {
         let depth = self.cfg.book_depth;
-        let slot = &mut self.slots[id];
+        let slot = self.slots[id].as_mut().expect("indexed");
         slot.dirty = false;
         slot.last_publish = Some(now);
         let status = slot.sync.status.quality();

@@ -39,7 +39,7 @@ pub fn apply(cfg: &mut Config, lookup: impl Fn(&str) -> Option<String>) -> Vec<C
     }
     if let Some(v) = get("MELTICA_CONTROL_ADDR") {
         match v.parse::<SocketAddr>() {
-            Ok(a) => cfg.control.addr = a,
+            Ok(a) => cfg.control.addr = Some(a),
             Err(_) => bad(
                 "MELTICA_CONTROL_ADDR",
                 format!("{v:?} is not an IP:port address"),
@@ -137,7 +137,7 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(cfg.adapter.binance.ws_url, "ws://127.0.0.1:9443/stream");
         assert_eq!(cfg.adapter.binance.rest_url, "http://127.0.0.1:9443");
-        assert_eq!(cfg.control.addr.port(), 9999);
+        assert_eq!(cfg.control.addr.unwrap().port(), 9999);
         assert!(cfg.telemetry.disabled);
         assert_eq!(cfg.telemetry.sampling, 0.5);
     }

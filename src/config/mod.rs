@@ -180,7 +180,9 @@ impl BackpressurePolicy {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControlConfig {
-    pub addr: SocketAddr,
+    /// Where the HTTP control API listens; `None` disables it (the in-process control
+    /// handle always works). A non-loopback address requires a token.
+    pub addr: Option<SocketAddr>,
     pub token: Option<String>,
 }
 
@@ -276,7 +278,7 @@ impl Default for Config {
                 policy: BackpressurePolicy::Block,
             },
             control: ControlConfig {
-                addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+                addr: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
                 token: None,
             },
             telemetry: TelemetryConfig {
@@ -412,6 +414,23 @@ impl Config {
                 problems,
             })
         }
+    }
+
+    /// Rules across keys that environment overrides can break too.
+    pub fn check_rules(&self, loc: Option<Loc>) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        if let Some(a) = self.control.addr {
+            if !a.ip().is_loopback() && self.control.token.is_none() {
+                out.push(ConfigProblem {
+                    loc,
+                    path: "control".into(),
+                    message: format!(
+                        "the control API on non-loopback address {a} needs a token (control.token or MELTICA_CONTROL_TOKEN)"
+                    ),
+                });
+            }
+        }
+        out
     }
 
     /// The config path from `--config`, else `$MELTICA_CONFIG`, else `./config.yaml`.

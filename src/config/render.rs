@@ -130,7 +130,7 @@ pub fn to_yaml(c: &Config) -> String {
     let _ = writeln!(
         o,
         "control:\n  addr: {}",
-        quote(&c.control.addr.to_string())
+        c.control.addr.map_or("~".into(), |a| quote(&a.to_string()))
     );
     match &c.control.token {
         Some(_) => {

@@ -473,10 +473,14 @@ fn control(cx: &mut Cx, n: &Node, out: &mut ControlConfig) {
         return;
     };
     if let Some(v) = s.take("addr")
+        && matches!(v.value, Value::Null)
+    {
+        out.addr = None;
+    } else if let Some(v) = s.take("addr")
         && let Some(a) = cx.string(v, "control.addr")
     {
         match a.parse::<SocketAddr>() {
-            Ok(a) => out.addr = a,
+            Ok(a) => out.addr = Some(a),
             Err(_) => cx.problem(
                 v.loc,
                 "control.addr",
@@ -587,6 +591,7 @@ fn threads(cx: &mut Cx, n: &Node, out: &mut ThreadsConfig) {
 }
 
 fn cross_checks(cx: &mut Cx, root: &Node, cfg: &Config) {
+    cx.problems.extend(cfg.check_rules(Some(root_loc(root, "control"))));
     for r in &cfg.dispatcher.routes {
         for i in &r.instruments {
             if !cfg.instruments.contains(i) {

@@ -2,16 +2,18 @@
 //! instance, filters, and canonicalises with a gap-free `seq` per (instrument, type).
 
 pub mod canonicalize;
+pub mod control;
 pub mod table;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
 
 pub use self::table::{DispatchTable, FieldView, Route};
-use crate::adapter::{RawBody, RawInstance};
+use crate::adapter::{Ingress, RawBody, RawInstance};
 use crate::config::WaitStrategy;
 use crate::engine::stage::{Recv, recv_until};
 use crate::schema::{Event, EventType, Instrument, TraceId};
@@ -24,7 +26,12 @@ pub enum Staged {
     Event { event: Event, publish: bool },
     /// The instrument's diff stream was interrupted: resync its book.
     Reset(Instrument),
+    /// Signal once everything before it has been published.
+    Barrier(Sender<()>),
 }
+
+/// The dispatch table as the stages read it: swapped whole by the control plane.
+pub type SharedTable = Arc<ArcSwap<DispatchTable>>;
 
 /// Per-type counters of the dispatcher.
 #[derive(Debug, Default)]
@@ -67,7 +74,8 @@ impl Local {
 
 /// The dispatcher stage.
 pub struct Dispatcher {
-    table: DispatchTable,
+    shared: SharedTable,
+    table: Arc<DispatchTable>,
     /// Next `seq` per instrument id and type.
     seqs: Vec<[u64; EventType::COUNT]>,
     rng: fastrand::Rng,
@@ -76,10 +84,11 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(table: DispatchTable, instruments: usize, stats: Arc<DispatcherStats>) -> Self {
+    pub fn new(shared: SharedTable, stats: Arc<DispatcherStats>) -> Self {
         Dispatcher {
-            table,
-            seqs: vec![[0; EventType::COUNT]; instruments],
+            table: shared.load_full(),
+            shared,
+            seqs: Vec::new(),
             rng: fastrand::Rng::new(),
             stats,
             warned_unrouted: [false; EventType::COUNT],
@@ -138,6 +147,9 @@ impl Dispatcher {
             return None;
         }
         let seq = if publish {
+            if self.seqs.len() <= id as usize {
+                self.seqs.resize(id as usize + 1, [0; EventType::COUNT]);
+            }
             let s = &mut self.seqs[id as usize][ti];
             *s += 1;
             local.forwarded[ti] += 1;
@@ -156,9 +168,11 @@ impl Dispatcher {
     }
 
     /// Runs until `input` closes and is drained; `output` closes when this returns.
-    pub fn run(mut self, input: Receiver<RawInstance>, output: Sender<Staged>, wait: WaitStrategy) {
+    pub fn run(mut self, input: Receiver<Ingress>, output: Sender<Staged>, wait: WaitStrategy) {
         let mut local = Local::default();
         loop {
+            // The table is read once per batch (and again after a barrier): lock-free.
+            self.table = self.shared.load_full();
             let deadline = Instant::now() + Duration::from_millis(100);
             let first = match recv_until(&input, deadline, wait) {
                 Recv::Item(r) => r,
@@ -168,8 +182,16 @@ impl Dispatcher {
             // Drain what is already queued before blocking again; flush counters per batch.
             let mut next = Some(first);
             let mut n = 0;
-            while let Some(raw) = next {
-                if let Some(staged) = self.route(raw, &mut local)
+            while let Some(item) = next {
+                let staged = match item {
+                    Ingress::Raw(raw) => self.route(raw, &mut local),
+                    Ingress::Barrier(tx) => {
+                        // The control plane stored its new table before sending this.
+                        self.table = self.shared.load_full();
+                        Some(Staged::Barrier(tx))
+                    }
+                };
+                if let Some(staged) = staged
                     && output.send(staged).is_err()
                 {
                     local.flush(&self.stats);

@@ -15,13 +15,23 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, bounded, unbounded};
 
 use self::stage::{StageFailure, Supervisor};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
 use crate::adapter::binance::rest::BinanceRest;
 use crate::adapter::binance::{AdapterError, BinanceAdapter, resolve_instruments};
-use crate::adapter::{AdapterCounts, AdapterStats, InstrumentRegistry};
-use crate::bus::{DataBus, MemoryDataBus, SubscribeOptions, Subscription, SubscriptionFilter};
+use crate::adapter::{AdapterCounts, AdapterStats, InstrumentRegistry, SharedRegistry};
+use crate::bus::http::{ControlHttp, HttpError, Probe};
+use crate::bus::{
+    ControlBus, DataBus, MemoryControlBus, MemoryDataBus, SubscribeOptions, Subscription,
+    SubscriptionFilter,
+};
 use crate::conductor::{Conductor, ConductorStats};
 use crate::config::Config;
-use crate::dispatcher::{DispatchTable, Dispatcher, DispatcherStats};
+use crate::dispatcher::control::{ControlPlane, SlaHistogram, sla_histogram};
+use crate::dispatcher::{DispatchTable, Dispatcher, DispatcherStats, SharedTable};
 use crate::schema::{EventType, Instrument, Quality};
 use crate::snapshot::{Key, MemorySnapshotStore, Record, SnapshotStore};
 
@@ -30,6 +40,8 @@ use crate::snapshot::{Key, MemorySnapshotStore, Record, SnapshotStore};
 pub enum EngineError {
     #[error(transparent)]
     Adapter(#[from] AdapterError),
+    #[error(transparent)]
+    ControlApi(#[from] HttpError),
     #[error("cannot start thread {name}: {source}")]
     Spawn {
         name: String,
@@ -79,22 +91,39 @@ pub struct EngineCounts {
     pub resyncs: u64,
 }
 
+/// Control-command latency summary, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SlaSummary {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Share of commands effective within 2 s.
+    pub within_2s: f64,
+}
+
 /// A running engine. Dropping it shuts it down.
 pub struct Engine {
     config: Config,
-    registry: Arc<InstrumentRegistry>,
+    registry: SharedRegistry,
     skipped: Vec<String>,
     bus: Arc<MemoryDataBus>,
     store: Arc<MemorySnapshotStore>,
     supervisor: Supervisor,
-    adapter: Option<BinanceAdapter>,
+    adapter: Arc<Mutex<Option<BinanceAdapter>>>,
     adapter_stats: Arc<AdapterStats>,
     dispatcher_stats: Arc<DispatcherStats>,
     conductor_stats: Arc<ConductorStats>,
+    table: SharedTable,
+    control: MemoryControlBus,
+    control_stop: Arc<AtomicBool>,
+    control_thread: Option<JoinHandle<()>>,
+    http: Option<ControlHttp>,
+    sla: SlaHistogram,
     dispatcher: Option<JoinHandle<()>>,
     conductor: Option<JoinHandle<()>>,
     started: Instant,
-    dispatch_version: u64,
 }
 
 impl Engine {
@@ -112,110 +141,130 @@ impl Engine {
         let bcfg = config.adapter.binance.clone();
         let rest = Arc::new(BinanceRest::new(&bcfg));
         let (registry, skipped) = resolve_with_retry(&rest, &config.instruments)?;
-        let registry = Arc::new(registry);
-        let instruments: Vec<Instrument> = registry.all().to_vec();
         crate::info!(
             "streaming {} from {} ({})",
-            instruments
-                .iter()
-                .map(|i| i.name())
-                .collect::<Vec<_>>()
-                .join(", "),
+            registry.all().iter().map(|i| i.name()).collect::<Vec<_>>().join(", "),
             bcfg.ws_url,
             bcfg.rest_url
         );
-
-        let table =
-            DispatchTable::from_config(&config.dispatcher.routes, &registry, bcfg.trade_stream);
-        let topics = table.all_topics();
-        let pollers = table.all_pollers();
-        let books: Vec<(bool, bool)> = instruments
-            .iter()
-            .map(|i| (table.needs_book(i.id()), table.fuses(i.id())))
-            .collect();
-        let dispatch_version = table.version;
+        let table = DispatchTable::from_config(&config.dispatcher.routes, &registry, bcfg.trade_stream);
+        let registry: SharedRegistry = Arc::new(ArcSwap::from_pointee(registry));
+        let shared_table: SharedTable = Arc::new(ArcSwap::from_pointee(table.clone()));
 
         let supervisor = Supervisor::new();
         let store = Arc::new(MemorySnapshotStore::new());
         let dispatcher_stats = Arc::new(DispatcherStats::default());
-        let conductor_stats = Arc::new(ConductorStats::new(instruments.len()));
+        let conductor_stats = Arc::new(ConductorStats::new(InstrumentRegistry::MAX));
         let (raw_tx, raw_rx) = bounded(config.bus.stage_queue);
         let (staged_tx, staged_rx) = bounded(config.bus.stage_queue);
         let (snap_tx, snap_rx) = unbounded();
+        let (poll_tx, poll_rx) = unbounded();
         let wait = config.threads.wait;
         let pin = config.threads.pin.clone();
         let core = |i: usize| (!pin.is_empty()).then(|| pin[i % pin.len()]);
+        let spawn_err = |name: &str| {
+            let name = name.to_owned();
+            move |source| EngineError::Spawn { name, source }
+        };
 
         let conductor = Conductor::new(
             config.conductor.clone(),
-            &instruments,
-            &books,
+            shared_table.clone(),
             snap_tx,
             bus.clone() as Arc<dyn DataBus>,
-            &store,
+            store.clone(),
             conductor_stats.clone(),
         );
         let conductor = supervisor
-            .spawn("meltica-conductor".into(), core(1), move || {
-                conductor.run(staged_rx, wait)
-            })
-            .map_err(|source| EngineError::Spawn {
-                name: "meltica-conductor".into(),
-                source,
-            })?;
-        let dispatcher = Dispatcher::new(table, instruments.len(), dispatcher_stats.clone());
+            .spawn("meltica-conductor".into(), core(1), move || conductor.run(staged_rx, wait))
+            .map_err(spawn_err("meltica-conductor"))?;
+        let dispatcher = Dispatcher::new(shared_table.clone(), dispatcher_stats.clone());
         let dispatcher = supervisor
-            .spawn("meltica-dispatcher".into(), core(0), move || {
-                dispatcher.run(raw_rx, staged_tx, wait)
-            })
-            .map_err(|source| EngineError::Spawn {
-                name: "meltica-dispatcher".into(),
-                source,
-            })?;
-        let mut adapter = BinanceAdapter::start(
+            .spawn("meltica-dispatcher".into(), core(0), move || dispatcher.run(raw_rx, staged_tx, wait))
+            .map_err(spawn_err("meltica-dispatcher"))?;
+        let adapter = BinanceAdapter::start(
             bcfg,
             registry.clone(),
-            rest,
-            raw_tx,
+            rest.clone(),
+            raw_tx.clone(),
             snap_rx,
-            pollers,
+            poll_rx,
             supervisor.clone(),
             pin.clone(),
         )?;
         let adapter_stats = adapter.stats();
-        // Acks are not awaited here: the first frames arrive once the exchange confirms.
-        let _acks = adapter.subscribe(&topics)?;
-        crate::info!(
-            "subscribed {} streams over {} connection(s)",
-            topics.len(),
-            adapter.connection_count()
-        );
+        let adapter = Arc::new(Mutex::new(Some(adapter)));
 
-        Ok(Engine {
+        // The control plane subscribes the config's topics like any other change.
+        let topics: Vec<String> = table.topics().into_iter().collect();
+        let _ = poll_tx.send(table.pollers());
+        if let Some(a) = adapter.lock().as_mut() {
+            // Acks are not awaited: the first frames arrive once the exchange confirms.
+            let _acks = a.subscribe(&topics)?;
+            crate::info!("subscribing {} streams over {} connection(s)", topics.len(), a.connection_count());
+        }
+        let sla = sla_histogram();
+        let control_stop = Arc::new(AtomicBool::new(false));
+        let (ctl_tx, ctl_rx) = unbounded();
+        let plane = ControlPlane::new(
+            table,
+            shared_table.clone(),
+            registry.clone(),
+            rest,
+            adapter.clone(),
+            raw_tx,
+            poll_tx,
+            bus.clone() as Arc<dyn DataBus>,
+            sla.clone(),
+            control_stop.clone(),
+        );
+        let control_thread = supervisor
+            .spawn("meltica-control".into(), None, move || plane.run(ctl_rx))
+            .map_err(spawn_err("meltica-control"))?;
+        let control = MemoryControlBus::new(ctl_tx, shared_table.clone());
+
+        let mut engine = Engine {
             config,
             registry,
             skipped,
             bus,
             store,
             supervisor,
-            adapter: Some(adapter),
+            adapter,
             adapter_stats,
             dispatcher_stats,
             conductor_stats,
+            table: shared_table,
+            control,
+            control_stop,
+            control_thread: Some(control_thread),
+            http: None,
+            sla,
             dispatcher: Some(dispatcher),
             conductor: Some(conductor),
             started: Instant::now(),
-            dispatch_version,
-        })
+        };
+        if let Some(addr) = engine.config.control.addr {
+            let http = ControlHttp::start(
+                addr,
+                engine.config.control.token.clone(),
+                Arc::new(engine.control.clone()) as Arc<dyn ControlBus>,
+                engine.health_probe(),
+                engine.metrics_probe(),
+            )?;
+            engine.http = Some(http);
+        }
+        Ok(engine)
     }
 
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// Instruments being streamed, in id order.
-    pub fn instruments(&self) -> &[Instrument] {
-        self.registry.all()
+    /// Instruments known to the engine, in id order (config ones first, then the ones
+    /// subscribed at runtime).
+    pub fn instruments(&self) -> Vec<Instrument> {
+        self.registry.load().all().to_vec()
     }
 
     /// Configured instruments the exchange does not list.
@@ -224,7 +273,89 @@ impl Engine {
     }
 
     pub fn dispatch_version(&self) -> u64 {
-        self.dispatch_version
+        self.table.load().version
+    }
+
+    /// The in-process control handle: subscribe, unsubscribe, update filters.
+    pub fn control(&self) -> MemoryControlBus {
+        self.control.clone()
+    }
+
+    /// Where the HTTP control API listens, if enabled.
+    pub fn control_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|h| h.addr())
+    }
+
+    /// Command-to-effective times of accepted control commands.
+    pub fn control_sla(&self) -> SlaSummary {
+        sla_summary(&self.sla)
+    }
+
+    fn health_probe(&self) -> Probe {
+        let registry = self.registry.clone();
+        let stats = self.conductor_stats.clone();
+        let adapter = self.adapter_stats.clone();
+        let supervisor = self.supervisor.clone();
+        let table = self.table.clone();
+        Arc::new(move || {
+            let failed = supervisor.failure();
+            let connected = adapter.connections.load(Ordering::Relaxed) > 0;
+            let status = match (&failed, connected) {
+                (Some(_), _) => "failed",
+                (None, false) => "starting",
+                (None, true) => "ok",
+            };
+            let mut body = format!("{{\"status\":\"{status}\",\"dispatchVersion\":{},\"books\":{{", table.load().version);
+            let t = table.load();
+            let reg = registry.load();
+            let mut first = true;
+            for i in reg.all().iter().filter(|i| t.needs_book(i.id())) {
+                if !first {
+                    body.push(',');
+                }
+                first = false;
+                body.push_str(&format!("\"{}\":\"{}\"", i.name(), stats.status(i.id()).as_str()));
+            }
+            body.push_str("}}");
+            (if status == "ok" { 200 } else { 503 }, body)
+        })
+    }
+
+    fn metrics_probe(&self) -> Probe {
+        let d = self.dispatcher_stats.clone();
+        let c = self.conductor_stats.clone();
+        let a = self.adapter_stats.clone();
+        let sla = self.sla.clone();
+        Arc::new(move || {
+            use std::fmt::Write as _;
+            let mut o = String::new();
+            for (name, arr) in [
+                ("meltica_events_ingested_total", &d.ingested),
+                ("meltica_events_filtered_total", &d.filtered),
+                ("meltica_events_rejected_total", &d.rejected),
+            ] {
+                let _ = writeln!(o, "# TYPE {name} counter");
+                for t in EventType::ALL {
+                    let _ = writeln!(o, "{name}{{type=\"{t}\"}} {}", arr[t.index()].load(Ordering::Relaxed));
+                }
+            }
+            let _ = writeln!(o, "# TYPE meltica_events_published_total counter");
+            for t in EventType::ALL {
+                let _ = writeln!(o, "meltica_events_published_total{{type=\"{t}\"}} {}", c.published_of(t));
+            }
+            let counts = a.counts();
+            let _ = writeln!(o, "# TYPE meltica_ws_reconnects_total counter\nmeltica_ws_reconnects_total {}", counts.reconnects);
+            let _ = writeln!(o, "# TYPE meltica_frames_malformed_total counter\nmeltica_frames_malformed_total {}", counts.malformed);
+            let resyncs: u64 = c.resyncs.iter().map(|r| r.load(Ordering::Relaxed)).sum();
+            let _ = writeln!(o, "# TYPE meltica_book_resyncs_total counter\nmeltica_book_resyncs_total {resyncs}");
+            let s = sla_summary(&sla);
+            let _ = writeln!(o, "# TYPE meltica_control_sla_seconds summary");
+            for (q, v) in [("0.5", s.p50_ms), ("0.95", s.p95_ms), ("0.99", s.p99_ms), ("1", s.max_ms)] {
+                let _ = writeln!(o, "meltica_control_sla_seconds{{quantile=\"{q}\"}} {}", v / 1e3);
+            }
+            let _ = writeln!(o, "meltica_control_sla_seconds_count {}", s.count);
+            (200, o)
+        })
     }
 
     pub fn uptime(&self) -> Duration {
@@ -304,7 +435,15 @@ impl Engine {
     }
 
     fn stop(&mut self) {
-        if let Some(a) = self.adapter.take() {
+        if let Some(h) = self.http.take() {
+            h.shutdown();
+        }
+        self.control_stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.control_thread.take() {
+            let _ = h.join();
+        }
+        let adapter = self.adapter.lock().take();
+        if let Some(a) = adapter {
             a.shutdown();
         }
         if let Some(h) = self.dispatcher.take() {
@@ -320,6 +459,22 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+fn sla_summary(h: &SlaHistogram) -> SlaSummary {
+    let h = h.lock();
+    if h.is_empty() {
+        return SlaSummary::default();
+    }
+    let ms = |us: u64| us as f64 / 1e3;
+    SlaSummary {
+        count: h.len(),
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p95_ms: ms(h.value_at_quantile(0.95)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        max_ms: ms(h.max()),
+        within_2s: h.count_between(0, 2_000_000) as f64 / h.len() as f64,
     }
 }
 

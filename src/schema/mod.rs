@@ -1,5 +1,6 @@
 //! The canonical schema: events, instruments, fixed-point decimals.
 
+pub mod control;
 pub mod decimal;
 pub mod event;
 pub mod instrument;

@@ -87,6 +87,9 @@ pub struct SimulatorConfig {
     pub history: usize,
     /// Frames queued per connection before it counts as too slow and is disconnected.
     pub send_queue: usize,
+    /// Client messages (text, ping, pong) allowed per second per connection before the
+    /// connection is cut, as Binance does; `None` disables the check.
+    pub client_message_limit: Option<u32>,
 }
 
 impl Default for SimulatorConfig {
@@ -106,6 +109,7 @@ impl Default for SimulatorConfig {
             seed: 0x006d_656c_7469_6361,
             history: 4096,
             send_queue: 65_536,
+            client_message_limit: Some(5),
         }
     }
 }
@@ -132,6 +136,25 @@ pub(crate) struct Shared {
     pub frames_sent: AtomicU64,
     pub conn_threads: Mutex<Vec<JoinHandle<()>>>,
     pub weight: rest::WeightMeter,
+    pub client: ClientAccounting,
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE the simulator received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRequest {
+    pub at: std::time::Instant,
+    pub connection: u64,
+    pub method: String,
+    pub params: Vec<String>,
+}
+
+/// What clients sent: Binance allows 5 messages per second per connection (text, ping and
+/// pong frames alike) and disconnects a connection that sends more.
+#[derive(Default)]
+pub(crate) struct ClientAccounting {
+    pub requests: Mutex<Vec<ClientRequest>>,
+    pub max_per_second: std::sync::atomic::AtomicU32,
+    pub violations: AtomicU64,
 }
 
 impl Shared {
@@ -183,6 +206,7 @@ impl Simulator {
             frames_sent: AtomicU64::new(0),
             conn_threads: Mutex::new(Vec::new()),
             weight: rest::WeightMeter::default(),
+            client: ClientAccounting::default(),
         });
         let mut threads = Vec::with_capacity(2);
         let s = Arc::clone(&shared);
@@ -260,6 +284,21 @@ impl Simulator {
     /// Active stream subscriptions over all live connections.
     pub fn subscription_count(&self) -> usize {
         self.shared.hub.subscription_count()
+    }
+
+    /// Every SUBSCRIBE and UNSUBSCRIBE received, in order.
+    pub fn client_requests(&self) -> Vec<ClientRequest> {
+        self.shared.client.requests.lock().clone()
+    }
+
+    /// The most client messages any connection sent within one second.
+    pub fn max_client_messages_per_second(&self) -> u32 {
+        self.shared.client.max_per_second.load(Ordering::Relaxed)
+    }
+
+    /// Connections cut for sending more than 5 messages in a second.
+    pub fn rate_violations(&self) -> u64 {
+        self.shared.client.violations.load(Ordering::Relaxed)
     }
 
     /// Live WebSocket connections.

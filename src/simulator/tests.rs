@@ -226,7 +226,12 @@ fn depth_snapshot_plus_diffs_reproduces_the_true_book() {
 
 #[test]
 fn subscribe_list_unsubscribe_and_errors() {
-    let sim = Simulator::start(config(50)).unwrap();
+    // Many requests back to back: the per-second message limit has its own test.
+    let sim = Simulator::start(SimulatorConfig {
+        client_message_limit: None,
+        ..config(50)
+    })
+    .unwrap();
     let url = format!("ws://{}/ws", sim.addr());
     let mut ws = ws_connect(&url, sim.addr());
     wait_until("connection", || sim.connection_count() == 1);
@@ -499,6 +504,7 @@ fn pause_freezes_the_book() {
 #[test]
 fn server_pings_and_drops_silent_peers() {
     let cfg = SimulatorConfig {
+        client_message_limit: None,
         ping_interval: Duration::from_millis(50),
         pong_timeout: Duration::from_millis(300),
         ..config(20)
@@ -656,4 +662,21 @@ fn ticker_stream_reports_24h_stats() {
         assert!(d[k].is_u64(), "{k}");
     }
     assert!(d["F"].is_i64() && d["L"].is_i64());
+}
+
+#[test]
+fn more_than_five_client_messages_a_second_cut_the_connection() {
+    let sim = Simulator::start(config(10)).unwrap();
+    let mut ws = ws_connect(&sim.ws_url(), sim.addr());
+    for id in 1..=5 {
+        let req = format!(r#"{{"method":"LIST_SUBSCRIPTIONS","id":{id}}}"#);
+        ws.send(Message::text(req)).unwrap();
+        assert_eq!(next_json(&mut ws)["id"], id);
+    }
+    assert_eq!(sim.rate_violations(), 0);
+    assert_eq!(sim.max_client_messages_per_second(), 5);
+    ws.send(Message::text(r#"{"method":"LIST_SUBSCRIPTIONS","id":6}"#)).unwrap();
+    wait_until("the sixth message cuts the connection", || sim.rate_violations() == 1);
+    wait_until("connection gone", || sim.connection_count() == 0);
+    assert_eq!(sim.client_requests().len(), 0, "LIST_SUBSCRIPTIONS is not logged");
 }

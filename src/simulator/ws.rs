@@ -132,6 +132,7 @@ impl Conn<'_> {
         let mut unanswered_since: Option<Instant> = None;
         let mut last_poll = Instant::now();
         let mut pending = false;
+        let mut recent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
         loop {
             if self.ctl.killed() || self.shared.stopping() {
                 return;
@@ -169,7 +170,13 @@ impl Conn<'_> {
             if sent == 0 || self.rx.is_empty() || now - last_poll >= BUSY_POLL {
                 last_poll = now;
                 loop {
-                    match self.ws.read() {
+                    let msg = self.ws.read();
+                    if matches!(msg, Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)))
+                        && !self.count_client_message(&mut recent)
+                    {
+                        return;
+                    }
+                    match msg {
                         Ok(Message::Text(t)) => {
                             let reply = self.handle_request(t.as_str());
                             if !self.write(Message::text(reply)) {
@@ -208,6 +215,26 @@ impl Conn<'_> {
         }
     }
 
+    /// Counts one client message in a sliding one-second window; `false` (disconnect, as
+    /// Binance does) when the connection exceeded the limit.
+    fn count_client_message(&self, recent: &mut std::collections::VecDeque<Instant>) -> bool {
+        let now = Instant::now();
+        while recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
+            recent.pop_front();
+        }
+        recent.push_back(now);
+        let n = recent.len();
+        self.shared
+            .client
+            .max_per_second
+            .fetch_max(n as u32, Ordering::Relaxed);
+        if self.shared.cfg.client_message_limit.is_some_and(|limit| n > limit as usize) {
+            self.shared.client.violations.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// Queues a message; `false` when the connection is dead or hopelessly behind.
     fn write(&mut self, msg: Message) -> bool {
         match self.ws.write(msg) {
@@ -244,6 +271,12 @@ impl Conn<'_> {
                 let Some(list) = params.and_then(Value::as_array) else {
                     return error_reply(2, "Invalid request: missing field `params`", &id);
                 };
+                self.shared.client.requests.lock().push(super::ClientRequest {
+                    at: Instant::now(),
+                    connection: self.ctl.id,
+                    method: method.to_owned(),
+                    params: list.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect(),
+                });
                 let mut slots = Vec::with_capacity(list.len());
                 for p in list {
                     let Some(name) = p.as_str() else {

@@ -25,6 +25,7 @@ pub fn config_for(sim: &Simulator) -> Config {
     cfg.adapter.binance.snapshot.depth = 100;
     cfg.instruments = vec!["BTC-USDT".into(), "ETH-USDT".into()];
     cfg.log = LogLevel::Warn;
+    cfg.control.addr = Some("127.0.0.1:0".parse().unwrap());
     cfg
 }
 

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
 use self::rest::{BinanceRest, RestError};
 use self::ws::{NativeAck, WsCommand, WsConnection};
-use super::{AdapterStats, InstrumentRegistry, RawBody, RawInstance};
+use super::{AdapterStats, Ingress, InstrumentRegistry, RawBody, RawInstance, SharedRegistry};
 use crate::config::BinanceConfig;
 use crate::engine::stage::Supervisor;
 use crate::schema::{Instrument, InstrumentInfo, split_canonical};
@@ -29,6 +29,12 @@ pub enum AdapterError {
     Rest(#[from] RestError),
     #[error("none of the configured instruments is listed by the exchange ({0})")]
     NoInstruments(String),
+    #[error("{0} is not listed by the exchange")]
+    NotListed(String),
+    #[error("{0} is not trading (status {1})")]
+    NotTrading(String, String),
+    #[error("at most {} instruments per engine", InstrumentRegistry::MAX)]
+    TooManyInstruments,
     #[error("cannot start thread {name}: {source}")]
     Spawn {
         name: String,
@@ -75,17 +81,7 @@ pub fn resolve_instruments(
     for (name, symbol) in &wanted {
         match found.iter().find(|f| &f.symbol == symbol) {
             Some(info) if info.status == "TRADING" => {
-                let (tick, step) = info.tick_and_step();
-                registry.insert(InstrumentInfo {
-                    id: 0,
-                    name: format!("{}-{}", info.base_asset, info.quote_asset).into(),
-                    symbol: info.symbol.clone().into(),
-                    stream_prefix: info.symbol.to_ascii_lowercase().into(),
-                    base: info.base_asset.clone().into(),
-                    quote: info.quote_asset.clone().into(),
-                    tick_size: tick,
-                    step_size: step,
-                });
+                registry.insert(instrument_info(info));
             }
             Some(info) => {
                 crate::warn!(
@@ -106,6 +102,50 @@ pub fn resolve_instruments(
     Ok((registry, skipped))
 }
 
+fn instrument_info(info: &messages::BinanceSymbolInfo) -> InstrumentInfo {
+    let (tick, step) = info.tick_and_step();
+    InstrumentInfo {
+        id: 0,
+        name: format!("{}-{}", info.base_asset, info.quote_asset).into(),
+        symbol: info.symbol.clone().into(),
+        stream_prefix: info.symbol.to_ascii_lowercase().into(),
+        base: info.base_asset.clone().into(),
+        quote: info.quote_asset.clone().into(),
+        tick_size: tick,
+        step_size: step,
+    }
+}
+
+/// Finds an instrument in the registry, or looks it up on the exchange and adds it.
+pub fn resolve_at_runtime(
+    rest: &BinanceRest,
+    registry: &SharedRegistry,
+    name: &str,
+) -> Result<Instrument, AdapterError> {
+    if let Some(i) = registry.load().by_name(name) {
+        return Ok(i.clone());
+    }
+    let (base, quote) = split_canonical(name).ok_or_else(|| AdapterError::NotListed(name.to_owned()))?;
+    let symbol = format!("{base}{quote}");
+    let (found, _) = rest.resolve_symbols(&[symbol.as_str()])?;
+    let info = found
+        .iter()
+        .find(|f| f.symbol == symbol)
+        .ok_or_else(|| AdapterError::NotListed(name.to_owned()))?;
+    if info.status != "TRADING" {
+        return Err(AdapterError::NotTrading(name.to_owned(), info.status.clone()));
+    }
+    let current = registry.load_full();
+    if current.len() >= InstrumentRegistry::MAX {
+        return Err(AdapterError::TooManyInstruments);
+    }
+    let mut next = (*current).clone();
+    let inst = next.insert(instrument_info(info));
+    registry.store(Arc::new(next));
+    crate::info!("added instrument {inst} at runtime");
+    Ok(inst)
+}
+
 struct Conn {
     tx: Sender<WsCommand>,
     topics: BTreeSet<String>,
@@ -115,11 +155,11 @@ struct Conn {
 /// The running adapter: owns its connection threads and the REST stage.
 pub struct BinanceAdapter {
     cfg: BinanceConfig,
-    registry: Arc<InstrumentRegistry>,
+    registry: SharedRegistry,
     stats: Arc<AdapterStats>,
     tls: Arc<rustls::ClientConfig>,
     stop: Arc<AtomicBool>,
-    out: Sender<RawInstance>,
+    out: Sender<Ingress>,
     supervisor: Supervisor,
     pin: Vec<usize>,
     conns: Vec<Conn>,
@@ -131,11 +171,11 @@ impl BinanceAdapter {
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         cfg: BinanceConfig,
-        registry: Arc<InstrumentRegistry>,
+        registry: SharedRegistry,
         rest: Arc<BinanceRest>,
-        out: Sender<RawInstance>,
+        out: Sender<Ingress>,
         snapshots: Receiver<SnapshotRequest>,
-        pollers: Vec<(Instrument, Duration)>,
+        pollers: Receiver<Vec<(Instrument, Duration)>>,
         supervisor: Supervisor,
         pin: Vec<usize>,
     ) -> Result<BinanceAdapter, AdapterError> {
@@ -174,7 +214,7 @@ impl BinanceAdapter {
         self.stats.clone()
     }
 
-    pub fn registry(&self) -> &Arc<InstrumentRegistry> {
+    pub fn registry(&self) -> &SharedRegistry {
         &self.registry
     }
 
@@ -281,19 +321,19 @@ struct RestStage {
     rest: Arc<BinanceRest>,
     depth: u32,
     requests: Receiver<SnapshotRequest>,
-    out: Sender<RawInstance>,
+    out: Sender<Ingress>,
     stop: Arc<AtomicBool>,
     stats: Arc<AdapterStats>,
-    pollers: Vec<(Instrument, Duration)>,
+    /// The full poller list, replaced whenever the dispatch table changes it.
+    pollers: Receiver<Vec<(Instrument, Duration)>>,
 }
 
 impl RestStage {
     fn run(self) {
         let mut queue: VecDeque<SnapshotRequest> = VecDeque::new();
         let mut queued: BTreeSet<u32> = BTreeSet::new();
-        let now = Instant::now();
-        let mut next_poll: Vec<Instant> =
-            self.pollers.iter().map(|(_, every)| now + *every).collect();
+        let mut pollers: Vec<(Instrument, Duration)> = Vec::new();
+        let mut next_poll: Vec<Instant> = Vec::new();
         let mut not_before = Instant::now();
         let mut failures: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
@@ -315,7 +355,20 @@ impl RestStage {
                 enqueue(&mut queue, &mut queued, r);
             }
             let now = Instant::now();
-            for (i, (inst, every)) in self.pollers.iter().enumerate() {
+            while let Ok(list) = self.pollers.try_recv() {
+                // Keep the schedule of pollers that stay; new ones fire one interval from now.
+                next_poll = list
+                    .iter()
+                    .map(|(i, every)| {
+                        pollers
+                            .iter()
+                            .position(|(p, e)| p.id() == i.id() && e == every)
+                            .map_or(now + *every, |k| next_poll[k])
+                    })
+                    .collect();
+                pollers = list;
+            }
+            for (i, (inst, every)) in pollers.iter().enumerate() {
                 if now >= next_poll[i] {
                     next_poll[i] = now + *every;
                     enqueue(
@@ -348,7 +401,7 @@ impl RestStage {
                         ingress_ns: crate::clock::mono_ns(),
                         body: RawBody::DepthSnapshot(snap, crate::clock::wall_ms()),
                     };
-                    if self.out.send(raw).is_err() {
+                    if self.out.send(Ingress::Raw(raw)).is_err() {
                         return;
                     }
                 }

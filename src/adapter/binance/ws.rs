@@ -16,7 +16,7 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector, Message, WebSocket};
 
 use super::parse::{Frame, ParseError, parse_frame};
-use crate::adapter::{AdapterStats, InstrumentRegistry, LocalStats, RawInstance};
+use crate::adapter::{AdapterStats, Ingress, LocalStats, RawInstance, SharedRegistry};
 use crate::clock;
 use crate::config::BinanceConfig;
 
@@ -53,8 +53,8 @@ type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 pub(crate) struct WsConnection {
     pub id: usize,
     pub cfg: BinanceConfig,
-    pub registry: Arc<InstrumentRegistry>,
-    pub out: Sender<RawInstance>,
+    pub registry: SharedRegistry,
+    pub out: Sender<Ingress>,
     pub commands: Receiver<WsCommand>,
     pub stop: Arc<AtomicBool>,
     pub stats: Arc<AdapterStats>,
@@ -121,13 +121,13 @@ impl WsConnection {
             if !rest.starts_with("depth") {
                 continue;
             }
-            if let Some(i) = self.registry.by_stream_prefix(prefix) {
+            if let Some(i) = self.registry.load().by_stream_prefix(prefix) {
                 let raw = RawInstance {
                     instrument: i.clone(),
                     ingress_ns: clock::mono_ns(),
                     body: crate::adapter::RawBody::StreamReset,
                 };
-                if self.out.send(raw).is_err() {
+                if self.out.send(Ingress::Raw(raw)).is_err() {
                     return false;
                 }
             }
@@ -229,7 +229,9 @@ impl WsConnection {
         for ack in carried.drain(..) {
             let _ = ack.send(Ok(()));
         }
-        let min_gap = Duration::from_secs(1) / self.cfg.messages_per_second.max(1);
+        // One message of the per-second budget is left for pongs, which Binance counts too.
+        let min_gap = Duration::from_secs(1) / self.cfg.messages_per_second.saturating_sub(1).max(1);
+        let mut registry = self.registry.load_full();
         let mut last_sent: Option<Instant> = None;
         let mut last_data = Instant::now();
         let mut local = LocalStats::default();
@@ -241,10 +243,16 @@ impl WsConnection {
                     last_data = Instant::now();
                     local.frames += 1;
                     let ingress = clock::mono_ns();
-                    match parse_frame(text.as_str(), &self.registry, ingress) {
+                    let mut parsed = parse_frame(text.as_str(), &registry, ingress);
+                    if parsed == Err(ParseError::UnknownSymbol) {
+                        // Instruments are added at runtime; look again in the newest registry.
+                        registry = self.registry.load_full();
+                        parsed = parse_frame(text.as_str(), &registry, ingress);
+                    }
+                    match parsed {
                         Ok(Frame::Instance(raw)) => {
                             local.instances += 1;
-                            if self.out.send(raw).is_err() {
+                            if self.out.send(Ingress::Raw(raw)).is_err() {
                                 local.flush(&self.stats);
                                 return SessionEnd::Stopped;
                             }
