@@ -27,7 +27,11 @@ pub trait ControlBus: Send + Sync {
         let t = command.event_type.as_str().to_owned();
         match self.submit(command).recv_timeout(timeout) {
             Ok(a) => a,
-            Err(_) => Ack::error(Some(t), self.dispatch_version(), format!("no acknowledgement within {timeout:?}")),
+            Err(_) => Ack::error(
+                Some(t),
+                self.dispatch_version(),
+                format!("no acknowledgement within {timeout:?}"),
+            ),
         }
     }
 
@@ -61,7 +65,11 @@ impl ControlBus for MemoryControlBus {
             received: Instant::now(),
         };
         if self.tx.send(req).is_err() {
-            let _ = reply.send(Ack::error(Some(t), self.dispatch_version(), "engine is shutting down"));
+            let _ = reply.send(Ack::error(
+                Some(t),
+                self.dispatch_version(),
+                "engine is shutting down",
+            ));
         }
         rx
     }

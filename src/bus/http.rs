@@ -22,9 +22,13 @@ pub type Probe = Arc<dyn Fn() -> (u16, String) + Send + Sync>;
 /// Why the control API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot bind the control API to {addr}: {reason} (set control.addr or MELTICA_CONTROL_ADDR, e.g. 127.0.0.1:0)")]
+    #[error(
+        "cannot bind the control API to {addr}: {reason} (set control.addr or MELTICA_CONTROL_ADDR, e.g. 127.0.0.1:0)"
+    )]
     Bind { addr: SocketAddr, reason: String },
-    #[error("the control API on non-loopback address {0} needs a token (control.token or MELTICA_CONTROL_TOKEN)")]
+    #[error(
+        "the control API on non-loopback address {0} needs a token (control.token or MELTICA_CONTROL_TOKEN)"
+    )]
     TokenRequired(SocketAddr),
 }
 
@@ -135,7 +139,10 @@ fn serve(server: Server, ctx: Arc<Ctx>, stop: Arc<AtomicBool>) {
 fn json(status: u16, body: String) -> Response<std::io::Cursor<Vec<u8>>> {
     Response::from_data(body.into_bytes())
         .with_status_code(status)
-        .with_header(Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("static header"))
+        .with_header(
+            Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+                .expect("static header"),
+        )
 }
 
 fn error(status: u16, reason: &str) -> Response<std::io::Cursor<Vec<u8>>> {
@@ -173,10 +180,12 @@ fn handle(mut req: Request, ctx: &Ctx) {
         "/metrics" => match method {
             Method::Get => {
                 let (code, body) = (ctx.metrics)();
-                Response::from_data(body.into_bytes()).with_status_code(code).with_header(
-                    Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..])
-                        .expect("static header"),
-                )
+                Response::from_data(body.into_bytes())
+                    .with_status_code(code)
+                    .with_header(
+                        Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..])
+                            .expect("static header"),
+                    )
             }
             _ => error(405, "use GET").with_header(allow("GET")),
         },
@@ -217,7 +226,11 @@ fn command(req: &mut Request, op: ControlOp, ctx: &Ctx) -> Response<std::io::Cur
         return error(413, "body over 64 KiB");
     }
     let mut body = Vec::new();
-    if let Err(e) = req.as_reader().take(MAX_BODY as u64 + 1).read_to_end(&mut body) {
+    if let Err(e) = req
+        .as_reader()
+        .take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut body)
+    {
         return error(400, &format!("cannot read body: {e}"));
     }
     if body.len() > MAX_BODY {

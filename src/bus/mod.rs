@@ -5,6 +5,6 @@ pub mod data;
 pub mod http;
 pub mod memory;
 
+pub use control::{ControlBus, MemoryControlBus};
 pub use data::{DataBus, SubscribeOptions, Subscription, SubscriptionFilter, SubscriptionStats};
 pub use memory::MemoryDataBus;
-pub use control::{ControlBus, MemoryControlBus};

@@ -128,7 +128,9 @@ fn run_engine(
         }
     };
     if let Some(addr) = engine.control_addr() {
-        eprintln!("control API: http://{addr}  (GET /control/routes, /healthz, /metrics; POST /control/subscribe)");
+        eprintln!(
+            "control API: http://{addr}  (GET /control/routes, /healthz, /metrics; POST /control/subscribe)"
+        );
     }
     let failure = engine.failure_signal();
     let started = Instant::now();
@@ -197,10 +199,10 @@ fn demo(emit_ndjson: bool, duration: Option<Duration>) -> ExitCode {
         cfg.log = LogLevel::Warn;
     }
     // The demo must run anywhere: if the control port is taken, take any free one.
-    if let Some(addr) = cfg.control.addr {
-        if std::net::TcpListener::bind(addr).is_err() {
-            cfg.control.addr = Some(std::net::SocketAddr::new(addr.ip(), 0));
-        }
+    if let Some(addr) = cfg.control.addr
+        && std::net::TcpListener::bind(addr).is_err()
+    {
+        cfg.control.addr = Some(std::net::SocketAddr::new(addr.ip(), 0));
     }
     eprintln!(
         "meltica demo: simulator on {} ({})",

@@ -161,7 +161,9 @@ impl Conductor {
         }
         self.table = table;
         for id in 0..self.slots.len() {
-            let Some(slot) = self.slots[id].as_mut() else { continue };
+            let Some(slot) = self.slots[id].as_mut() else {
+                continue;
+            };
             let needs = self.table.needs_book(id as u32);
             let fuses = self.table.fuses(id as u32);
             if slot.needs_book && !needs {

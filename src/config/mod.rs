@@ -419,16 +419,17 @@ impl Config {
     /// Rules across keys that environment overrides can break too.
     pub fn check_rules(&self, loc: Option<Loc>) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
-        if let Some(a) = self.control.addr {
-            if !a.ip().is_loopback() && self.control.token.is_none() {
-                out.push(ConfigProblem {
+        if let Some(a) = self.control.addr
+            && !a.ip().is_loopback()
+            && self.control.token.is_none()
+        {
+            out.push(ConfigProblem {
                     loc,
                     path: "control".into(),
                     message: format!(
                         "the control API on non-loopback address {a} needs a token (control.token or MELTICA_CONTROL_TOKEN)"
                     ),
                 });
-            }
         }
         out
     }

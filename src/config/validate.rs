@@ -591,7 +591,8 @@ fn threads(cx: &mut Cx, n: &Node, out: &mut ThreadsConfig) {
 }
 
 fn cross_checks(cx: &mut Cx, root: &Node, cfg: &Config) {
-    cx.problems.extend(cfg.check_rules(Some(root_loc(root, "control"))));
+    cx.problems
+        .extend(cfg.check_rules(Some(root_loc(root, "control"))));
     for r in &cfg.dispatcher.routes {
         for i in &r.instruments {
             if !cfg.instruments.contains(i) {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, bounded};
 use parking_lot::Mutex;
 
-use super::table::{Change, DispatchTable};
 use super::SharedTable;
+use super::table::{Change, DispatchTable};
 use crate::adapter::binance::rest::BinanceRest;
 use crate::adapter::binance::ws::NativeAck;
 use crate::adapter::binance::{BinanceAdapter, resolve_at_runtime};
@@ -33,7 +33,8 @@ pub type SlaHistogram = Arc<Mutex<hdrhistogram::Histogram<u64>>>;
 /// A new SLA histogram (1 µs … 1 h, 3 significant digits).
 pub fn sla_histogram() -> SlaHistogram {
     Arc::new(Mutex::new(
-        hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+        hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .expect("valid histogram bounds"),
     ))
 }
 
@@ -101,7 +102,11 @@ impl ControlPlane {
     pub fn run(mut self, requests: Receiver<ControlRequest>) {
         let mut pending: Vec<Pending> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
-            let wait = if pending.is_empty() { Duration::from_millis(50) } else { Duration::from_millis(2) };
+            let wait = if pending.is_empty() {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_millis(2)
+            };
             match requests.recv_timeout(wait) {
                 Ok(req) => {
                     if let Some(p) = self.begin(req) {
@@ -139,7 +144,11 @@ impl ControlPlane {
         let cmd = req.command.clone();
         let t = cmd.event_type;
         if t == EventType::ControlUpdate {
-            self.reply(&req, AckStatus::Error, Some("CONTROL.UPDATE cannot be routed".into()));
+            self.reply(
+                &req,
+                AckStatus::Error,
+                Some("CONTROL.UPDATE cannot be routed".into()),
+            );
             return None;
         }
         let mut added = Vec::new();
@@ -207,7 +216,11 @@ impl ControlPlane {
         self.topics = wanted;
         // Everything dispatched with the old table is published before the ack.
         let (btx, brx) = bounded(1);
-        let barrier = self.ingress.send(Ingress::Barrier(btx)).is_ok().then_some(brx);
+        let barrier = self
+            .ingress
+            .send(Ingress::Barrier(btx))
+            .is_ok()
+            .then_some(brx);
         let mut natives = Vec::new();
         if let Some(adapter) = self.adapter.lock().as_mut() {
             if !add.is_empty() {
@@ -229,7 +242,9 @@ impl ControlPlane {
 
     fn finish(&mut self, mut p: Pending) {
         if p.errors.is_empty() && Instant::now() > p.deadline {
-            p.errors.push(format!("the exchange did not confirm within {NATIVE_TIMEOUT:?}"));
+            p.errors.push(format!(
+                "the exchange did not confirm within {NATIVE_TIMEOUT:?}"
+            ));
         }
         if p.errors.is_empty() {
             let us = p.req.received.elapsed().as_micros() as u64;
@@ -288,7 +303,10 @@ impl ControlPlane {
             [one] => self.registry.load().by_name(one).cloned(),
             _ => None,
         };
-        let seq = self.audit_seq.entry(instrument.as_ref().map(|i| i.id())).or_insert(0);
+        let seq = self
+            .audit_seq
+            .entry(instrument.as_ref().map(|i| i.id()))
+            .or_insert(0);
         *seq += 1;
         let mut detail = cmd.instruments.join(",");
         if let Some(e) = &ack.error {
@@ -339,7 +357,8 @@ fn poll(p: &mut Pending) -> bool {
             }
             Err(TryRecvError::Empty) => i += 1,
             Err(TryRecvError::Disconnected) => {
-                p.errors.push("connection closed before the exchange confirmed".into());
+                p.errors
+                    .push("connection closed before the exchange confirmed".into());
                 p.natives.swap_remove(i);
             }
         }

@@ -43,7 +43,11 @@ impl Route {
     }
 
     fn recompute(&mut self) {
-        let n = self.holders.keys().next_back().map_or(0, |m| *m as usize + 1);
+        let n = self
+            .holders
+            .keys()
+            .next_back()
+            .map_or(0, |m| *m as usize + 1);
         self.covers = vec![false; n];
         for id in self.holders.keys() {
             self.covers[*id as usize] = true;
@@ -104,7 +108,11 @@ pub struct DispatchTable {
 
 impl DispatchTable {
     /// The table the config describes, held by the `config` consumer.
-    pub fn from_config(routes: &[RouteConfig], registry: &InstrumentRegistry, trade: TradeStream) -> Self {
+    pub fn from_config(
+        routes: &[RouteConfig],
+        registry: &InstrumentRegistry,
+        trade: TradeStream,
+    ) -> Self {
         let mut table = DispatchTable {
             routes: Default::default(),
             instruments: registry.all().to_vec(),
@@ -142,12 +150,16 @@ impl DispatchTable {
     /// Whether `t` is routed for the instrument with id `id`.
     #[inline]
     pub fn covers(&self, t: EventType, id: u32) -> bool {
-        self.routes[t.index()].as_ref().is_some_and(|r| r.covers(id))
+        self.routes[t.index()]
+            .as_ref()
+            .is_some_and(|r| r.covers(id))
     }
 
     /// Whether the instrument needs a local book (any book type routed for it).
     pub fn needs_book(&self, id: u32) -> bool {
-        EventType::ALL.iter().any(|t| needs_book(*t) && self.covers(*t, id))
+        EventType::ALL
+            .iter()
+            .any(|t| needs_book(*t) && self.covers(*t, id))
     }
 
     /// Whether fused books are published for the instrument.
@@ -168,7 +180,11 @@ impl DispatchTable {
     pub fn subscribe(&mut self, t: EventType, inst: &Instrument, consumer: &str) -> Change {
         self.learn(inst);
         let route = self.routes[t.index()].get_or_insert_with(|| Route::new(t));
-        let fresh = route.holders.entry(inst.id()).or_default().insert(consumer.to_owned());
+        let fresh = route
+            .holders
+            .entry(inst.id())
+            .or_default()
+            .insert(consumer.to_owned());
         if !fresh {
             return Change::Unchanged;
         }
@@ -232,7 +248,11 @@ impl DispatchTable {
             }
         }
         set.into_iter()
-            .filter_map(|(id, every)| self.instruments.get(id as usize).map(|i| (i.clone(), every)))
+            .filter_map(|(id, every)| {
+                self.instruments
+                    .get(id as usize)
+                    .map(|i| (i.clone(), every))
+            })
             .collect()
     }
 
@@ -268,7 +288,12 @@ impl DispatchTable {
             let list: Vec<String> = r
                 .poll_intervals
                 .iter()
-                .map(|d| format!("{{\"endpoint\":\"/api/v3/depth\",\"intervalMs\":{}}}", d.as_millis()))
+                .map(|d| {
+                    format!(
+                        "{{\"endpoint\":\"/api/v3/depth\",\"intervalMs\":{}}}",
+                        d.as_millis()
+                    )
+                })
                 .collect();
             o.push_str(&list.join(","));
             o.push_str("],\"filters\":[");
@@ -283,7 +308,11 @@ impl DispatchTable {
                         FilterOp::Prefix => "prefix",
                     };
                     let vals: Vec<String> = f.value.iter().map(|v| json_str(v)).collect();
-                    format!("{{\"field\":{},\"op\":\"{op}\",\"value\":[{}]}}", json_str(&f.field), vals.join(","))
+                    format!(
+                        "{{\"field\":{},\"op\":\"{op}\",\"value\":[{}]}}",
+                        json_str(&f.field),
+                        vals.join(",")
+                    )
                 })
                 .collect();
             o.push_str(&list.join(","));
@@ -342,7 +371,10 @@ mod tests {
         assert!(t.topics().contains("ethusdt@ticker"), "b still holds it");
         assert_eq!(t.unsubscribe(EventType::Ticker, &eth, "b"), Change::Changed);
         assert!(!t.topics().contains("ethusdt@ticker"));
-        assert_eq!(t.unsubscribe(EventType::Ticker, &eth, "b"), Change::Unchanged);
+        assert_eq!(
+            t.unsubscribe(EventType::Ticker, &eth, "b"),
+            Change::Unchanged
+        );
         assert_eq!(t.version, 5);
     }
 
@@ -367,7 +399,8 @@ mod tests {
     #[test]
     fn routes_json_is_valid() {
         let reg = registry();
-        let t = DispatchTable::from_config(&crate::config::default_routes(), &reg, TradeStream::Trade);
+        let t =
+            DispatchTable::from_config(&crate::config::default_routes(), &reg, TradeStream::Trade);
         let v: serde_json::Value = serde_json::from_str(&t.to_json()).unwrap();
         assert_eq!(v["dispatchVersion"], 1);
         assert_eq!(v["routes"].as_array().unwrap().len(), 5);

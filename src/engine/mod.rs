@@ -143,11 +143,17 @@ impl Engine {
         let (registry, skipped) = resolve_with_retry(&rest, &config.instruments)?;
         crate::info!(
             "streaming {} from {} ({})",
-            registry.all().iter().map(|i| i.name()).collect::<Vec<_>>().join(", "),
+            registry
+                .all()
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", "),
             bcfg.ws_url,
             bcfg.rest_url
         );
-        let table = DispatchTable::from_config(&config.dispatcher.routes, &registry, bcfg.trade_stream);
+        let table =
+            DispatchTable::from_config(&config.dispatcher.routes, &registry, bcfg.trade_stream);
         let registry: SharedRegistry = Arc::new(ArcSwap::from_pointee(registry));
         let shared_table: SharedTable = Arc::new(ArcSwap::from_pointee(table.clone()));
 
@@ -176,11 +182,15 @@ impl Engine {
             conductor_stats.clone(),
         );
         let conductor = supervisor
-            .spawn("meltica-conductor".into(), core(1), move || conductor.run(staged_rx, wait))
+            .spawn("meltica-conductor".into(), core(1), move || {
+                conductor.run(staged_rx, wait)
+            })
             .map_err(spawn_err("meltica-conductor"))?;
         let dispatcher = Dispatcher::new(shared_table.clone(), dispatcher_stats.clone());
         let dispatcher = supervisor
-            .spawn("meltica-dispatcher".into(), core(0), move || dispatcher.run(raw_rx, staged_tx, wait))
+            .spawn("meltica-dispatcher".into(), core(0), move || {
+                dispatcher.run(raw_rx, staged_tx, wait)
+            })
             .map_err(spawn_err("meltica-dispatcher"))?;
         let adapter = BinanceAdapter::start(
             bcfg,
@@ -201,7 +211,11 @@ impl Engine {
         if let Some(a) = adapter.lock().as_mut() {
             // Acks are not awaited: the first frames arrive once the exchange confirms.
             let _acks = a.subscribe(&topics)?;
-            crate::info!("subscribing {} streams over {} connection(s)", topics.len(), a.connection_count());
+            crate::info!(
+                "subscribing {} streams over {} connection(s)",
+                topics.len(),
+                a.connection_count()
+            );
         }
         let sla = sla_histogram();
         let control_stop = Arc::new(AtomicBool::new(false));
@@ -305,7 +319,10 @@ impl Engine {
                 (None, false) => "starting",
                 (None, true) => "ok",
             };
-            let mut body = format!("{{\"status\":\"{status}\",\"dispatchVersion\":{},\"books\":{{", table.load().version);
+            let mut body = format!(
+                "{{\"status\":\"{status}\",\"dispatchVersion\":{},\"books\":{{",
+                table.load().version
+            );
             let t = table.load();
             let reg = registry.load();
             let mut first = true;
@@ -314,7 +331,11 @@ impl Engine {
                     body.push(',');
                 }
                 first = false;
-                body.push_str(&format!("\"{}\":\"{}\"", i.name(), stats.status(i.id()).as_str()));
+                body.push_str(&format!(
+                    "\"{}\":\"{}\"",
+                    i.name(),
+                    stats.status(i.id()).as_str()
+                ));
             }
             body.push_str("}}");
             (if status == "ok" { 200 } else { 503 }, body)
@@ -336,22 +357,50 @@ impl Engine {
             ] {
                 let _ = writeln!(o, "# TYPE {name} counter");
                 for t in EventType::ALL {
-                    let _ = writeln!(o, "{name}{{type=\"{t}\"}} {}", arr[t.index()].load(Ordering::Relaxed));
+                    let _ = writeln!(
+                        o,
+                        "{name}{{type=\"{t}\"}} {}",
+                        arr[t.index()].load(Ordering::Relaxed)
+                    );
                 }
             }
             let _ = writeln!(o, "# TYPE meltica_events_published_total counter");
             for t in EventType::ALL {
-                let _ = writeln!(o, "meltica_events_published_total{{type=\"{t}\"}} {}", c.published_of(t));
+                let _ = writeln!(
+                    o,
+                    "meltica_events_published_total{{type=\"{t}\"}} {}",
+                    c.published_of(t)
+                );
             }
             let counts = a.counts();
-            let _ = writeln!(o, "# TYPE meltica_ws_reconnects_total counter\nmeltica_ws_reconnects_total {}", counts.reconnects);
-            let _ = writeln!(o, "# TYPE meltica_frames_malformed_total counter\nmeltica_frames_malformed_total {}", counts.malformed);
+            let _ = writeln!(
+                o,
+                "# TYPE meltica_ws_reconnects_total counter\nmeltica_ws_reconnects_total {}",
+                counts.reconnects
+            );
+            let _ = writeln!(
+                o,
+                "# TYPE meltica_frames_malformed_total counter\nmeltica_frames_malformed_total {}",
+                counts.malformed
+            );
             let resyncs: u64 = c.resyncs.iter().map(|r| r.load(Ordering::Relaxed)).sum();
-            let _ = writeln!(o, "# TYPE meltica_book_resyncs_total counter\nmeltica_book_resyncs_total {resyncs}");
+            let _ = writeln!(
+                o,
+                "# TYPE meltica_book_resyncs_total counter\nmeltica_book_resyncs_total {resyncs}"
+            );
             let s = sla_summary(&sla);
             let _ = writeln!(o, "# TYPE meltica_control_sla_seconds summary");
-            for (q, v) in [("0.5", s.p50_ms), ("0.95", s.p95_ms), ("0.99", s.p99_ms), ("1", s.max_ms)] {
-                let _ = writeln!(o, "meltica_control_sla_seconds{{quantile=\"{q}\"}} {}", v / 1e3);
+            for (q, v) in [
+                ("0.5", s.p50_ms),
+                ("0.95", s.p95_ms),
+                ("0.99", s.p99_ms),
+                ("1", s.max_ms),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "meltica_control_sla_seconds{{quantile=\"{q}\"}} {}",
+                    v / 1e3
+                );
             }
             let _ = writeln!(o, "meltica_control_sla_seconds_count {}", s.count);
             (200, o)

@@ -193,7 +193,11 @@ pub fn parse_command(op: ControlOp, body: &[u8]) -> Result<ControlCommand, Comma
     let consumer = match obj.get("consumer") {
         None | Some(Value::Null) => "default".to_owned(),
         Some(Value::String(c)) if !c.is_empty() && c.len() <= 128 => c.clone(),
-        Some(_) => return Err(invalid("\"consumer\" must be a non-empty string of at most 128 characters".into())),
+        Some(_) => {
+            return Err(invalid(
+                "\"consumer\" must be a non-empty string of at most 128 characters".into(),
+            ));
+        }
     };
     let trace_id = match obj.get("traceId") {
         None | Some(Value::Null) => None,
@@ -211,9 +215,9 @@ pub fn parse_command(op: ControlOp, body: &[u8]) -> Result<ControlCommand, Comma
     let filters = obj.get("filters").unwrap_or(&Value::Null);
     match op {
         ControlOp::Subscribe | ControlOp::Unsubscribe => {
-            let f = filters
-                .as_object()
-                .ok_or_else(|| invalid("\"filters\" must be an object with \"instrument\"".into()))?;
+            let f = filters.as_object().ok_or_else(|| {
+                invalid("\"filters\" must be an object with \"instrument\"".into())
+            })?;
             for (k, val) in f {
                 match k.as_str() {
                     "instrument" => cmd.instruments = strings(val, "filters.instrument")?,
@@ -254,7 +258,9 @@ fn strings(v: &Value, what: &str) -> Result<Vec<String>, CommandError> {
                     .ok_or_else(|| CommandError::Invalid(format!("{what} must hold strings")))
             })
             .collect(),
-        _ => Err(CommandError::Invalid(format!("{what} must be a string or a list of strings"))),
+        _ => Err(CommandError::Invalid(format!(
+            "{what} must be a string or a list of strings"
+        ))),
     }
 }
 
@@ -266,22 +272,32 @@ pub fn parse_filters(v: &Value) -> Result<Vec<FilterConfig>, CommandError> {
     match v {
         Value::Array(items) => {
             for it in items {
-                let o = it
-                    .as_object()
-                    .ok_or_else(|| invalid("each filter must be {\"field\",\"op\",\"value\"}".into()))?;
+                let o = it.as_object().ok_or_else(|| {
+                    invalid("each filter must be {\"field\",\"op\",\"value\"}".into())
+                })?;
                 for k in o.keys() {
                     if !["field", "op", "value"].contains(&k.as_str()) {
                         return Err(invalid(format!("unknown filter key {k:?}")));
                     }
                 }
-                let field = o.get("field").and_then(Value::as_str).ok_or_else(|| invalid("filter needs a string \"field\"".into()))?;
-                let op = o.get("op").and_then(Value::as_str).ok_or_else(|| invalid("filter needs a string \"op\"".into()))?;
+                let field = o
+                    .get("field")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid("filter needs a string \"field\"".into()))?;
+                let op = o
+                    .get("op")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid("filter needs a string \"op\"".into()))?;
                 let op = match op {
                     "eq" => FilterOp::Eq,
                     "neq" => FilterOp::Neq,
                     "in" => FilterOp::In,
                     "prefix" => FilterOp::Prefix,
-                    other => return Err(invalid(format!("unknown filter operator {other:?}; expected eq, neq, in or prefix"))),
+                    other => {
+                        return Err(invalid(format!(
+                            "unknown filter operator {other:?}; expected eq, neq, in or prefix"
+                        )));
+                    }
                 };
                 let value = strings(o.get("value").unwrap_or(&Value::Null), "filter value")?;
                 out.push(filter(field, op, value)?);
@@ -290,7 +306,11 @@ pub fn parse_filters(v: &Value) -> Result<Vec<FilterConfig>, CommandError> {
         Value::Object(map) => {
             for (field, val) in map {
                 let value = strings(val, "filter value")?;
-                let op = if val.is_array() { FilterOp::In } else { FilterOp::Eq };
+                let op = if val.is_array() {
+                    FilterOp::In
+                } else {
+                    FilterOp::Eq
+                };
                 out.push(filter(field, op, value)?);
             }
         }
@@ -307,7 +327,9 @@ fn filter(field: &str, op: FilterOp, value: Vec<String>) -> Result<FilterConfig,
         )));
     }
     if op != FilterOp::In && value.len() != 1 {
-        return Err(CommandError::Invalid("eq, neq and prefix take a single value".into()));
+        return Err(CommandError::Invalid(
+            "eq, neq and prefix take a single value".into(),
+        ));
     }
     Ok(FilterConfig {
         field: field.to_owned(),
@@ -344,17 +366,46 @@ mod tests {
         let cases: &[(ControlOp, &[u8], u16)] = &[
             (ControlOp::Subscribe, b"{not json", 400),
             (ControlOp::Subscribe, b"[1,2]", 400),
-            (ControlOp::Subscribe, br#"{"type":"CANDLES","filters":{"instrument":"BTC-USDT"}}"#, 422),
-            (ControlOp::Subscribe, br#"{"type":"CONTROL.UPDATE","filters":{"instrument":"BTC-USDT"}}"#, 422),
+            (
+                ControlOp::Subscribe,
+                br#"{"type":"CANDLES","filters":{"instrument":"BTC-USDT"}}"#,
+                422,
+            ),
+            (
+                ControlOp::Subscribe,
+                br#"{"type":"CONTROL.UPDATE","filters":{"instrument":"BTC-USDT"}}"#,
+                422,
+            ),
             (ControlOp::Subscribe, br#"{"type":"TICKER"}"#, 422),
-            (ControlOp::Subscribe, br#"{"type":"TICKER","filters":{"instrument":"btc"}}"#, 422),
-            (ControlOp::UpdateFilters, br#"{"type":"TRADE","filters":[{"field":"side","op":"like","value":"b"}]}"#, 422),
-            (ControlOp::UpdateFilters, br#"{"type":"TRADE","filters":[{"field":"colour","op":"eq","value":"b"}]}"#, 422),
-            (ControlOp::Subscribe, br#"{"type":"TICKER","filters":{"instrument":"BTC-USDT"},"extra":1}"#, 422),
+            (
+                ControlOp::Subscribe,
+                br#"{"type":"TICKER","filters":{"instrument":"btc"}}"#,
+                422,
+            ),
+            (
+                ControlOp::UpdateFilters,
+                br#"{"type":"TRADE","filters":[{"field":"side","op":"like","value":"b"}]}"#,
+                422,
+            ),
+            (
+                ControlOp::UpdateFilters,
+                br#"{"type":"TRADE","filters":[{"field":"colour","op":"eq","value":"b"}]}"#,
+                422,
+            ),
+            (
+                ControlOp::Subscribe,
+                br#"{"type":"TICKER","filters":{"instrument":"BTC-USDT"},"extra":1}"#,
+                422,
+            ),
         ];
         for (op, body, status) in cases {
             let e = parse_command(*op, body).unwrap_err();
-            assert_eq!(e.http_status(), *status, "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                e.http_status(),
+                *status,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 

@@ -675,8 +675,15 @@ fn more_than_five_client_messages_a_second_cut_the_connection() {
     }
     assert_eq!(sim.rate_violations(), 0);
     assert_eq!(sim.max_client_messages_per_second(), 5);
-    ws.send(Message::text(r#"{"method":"LIST_SUBSCRIPTIONS","id":6}"#)).unwrap();
-    wait_until("the sixth message cuts the connection", || sim.rate_violations() == 1);
+    ws.send(Message::text(r#"{"method":"LIST_SUBSCRIPTIONS","id":6}"#))
+        .unwrap();
+    wait_until("the sixth message cuts the connection", || {
+        sim.rate_violations() == 1
+    });
     wait_until("connection gone", || sim.connection_count() == 0);
-    assert_eq!(sim.client_requests().len(), 0, "LIST_SUBSCRIPTIONS is not logged");
+    assert_eq!(
+        sim.client_requests().len(),
+        0,
+        "LIST_SUBSCRIPTIONS is not logged"
+    );
 }

@@ -171,8 +171,10 @@ impl Conn<'_> {
                 last_poll = now;
                 loop {
                     let msg = self.ws.read();
-                    if matches!(msg, Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)))
-                        && !self.count_client_message(&mut recent)
+                    if matches!(
+                        msg,
+                        Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))
+                    ) && !self.count_client_message(&mut recent)
                     {
                         return;
                     }
@@ -219,7 +221,10 @@ impl Conn<'_> {
     /// Binance does) when the connection exceeded the limit.
     fn count_client_message(&self, recent: &mut std::collections::VecDeque<Instant>) -> bool {
         let now = Instant::now();
-        while recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
             recent.pop_front();
         }
         recent.push_back(now);
@@ -228,8 +233,16 @@ impl Conn<'_> {
             .client
             .max_per_second
             .fetch_max(n as u32, Ordering::Relaxed);
-        if self.shared.cfg.client_message_limit.is_some_and(|limit| n > limit as usize) {
-            self.shared.client.violations.fetch_add(1, Ordering::Relaxed);
+        if self
+            .shared
+            .cfg
+            .client_message_limit
+            .is_some_and(|limit| n > limit as usize)
+        {
+            self.shared
+                .client
+                .violations
+                .fetch_add(1, Ordering::Relaxed);
             return false;
         }
         true
@@ -271,12 +284,19 @@ impl Conn<'_> {
                 let Some(list) = params.and_then(Value::as_array) else {
                     return error_reply(2, "Invalid request: missing field `params`", &id);
                 };
-                self.shared.client.requests.lock().push(super::ClientRequest {
-                    at: Instant::now(),
-                    connection: self.ctl.id,
-                    method: method.to_owned(),
-                    params: list.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect(),
-                });
+                self.shared
+                    .client
+                    .requests
+                    .lock()
+                    .push(super::ClientRequest {
+                        at: Instant::now(),
+                        connection: self.ctl.id,
+                        method: method.to_owned(),
+                        params: list
+                            .iter()
+                            .filter_map(|p| p.as_str().map(str::to_owned))
+                            .collect(),
+                    });
                 let mut slots = Vec::with_capacity(list.len());
                 for p in list {
                     let Some(name) = p.as_str() else {

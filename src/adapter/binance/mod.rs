@@ -125,7 +125,8 @@ pub fn resolve_at_runtime(
     if let Some(i) = registry.load().by_name(name) {
         return Ok(i.clone());
     }
-    let (base, quote) = split_canonical(name).ok_or_else(|| AdapterError::NotListed(name.to_owned()))?;
+    let (base, quote) =
+        split_canonical(name).ok_or_else(|| AdapterError::NotListed(name.to_owned()))?;
     let symbol = format!("{base}{quote}");
     let (found, _) = rest.resolve_symbols(&[symbol.as_str()])?;
     let info = found
@@ -133,7 +134,10 @@ pub fn resolve_at_runtime(
         .find(|f| f.symbol == symbol)
         .ok_or_else(|| AdapterError::NotListed(name.to_owned()))?;
     if info.status != "TRADING" {
-        return Err(AdapterError::NotTrading(name.to_owned(), info.status.clone()));
+        return Err(AdapterError::NotTrading(
+            name.to_owned(),
+            info.status.clone(),
+        ));
     }
     let current = registry.load_full();
     if current.len() >= InstrumentRegistry::MAX {

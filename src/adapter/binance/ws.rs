@@ -3,7 +3,7 @@
 //! message limit, answer pings, watch for silence, and reconnect with backoff and jitter,
 //! resubscribing everything it carried.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,10 +44,6 @@ enum SessionEnd {
     Lost(String),
 }
 
-struct Pending {
-    acks: Vec<Sender<NativeAck>>,
-}
-
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
 pub(crate) struct WsConnection {
@@ -66,10 +62,18 @@ impl WsConnection {
     pub fn run(mut self) {
         let mut attempt: u32 = 0;
         let mut sessions: u64 = 0;
-        // Acks of requests whose session died before the exchange answered.
-        let mut carried: Vec<Sender<NativeAck>> = Vec::new();
+        let mut waiters: Vec<Waiter> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
-            self.drain_commands_offline(&mut carried);
+            // Offline, the exchange holds nothing: unsubscribes are effective at once.
+            if self.drain_commands(&mut waiters).is_err() {
+                break;
+            }
+            settle(
+                &mut waiters,
+                &self.desired,
+                &BTreeSet::new(),
+                &HashMap::new(),
+            );
             match self.connect() {
                 Ok(ws) => {
                     if attempt > 0 {
@@ -85,7 +89,7 @@ impl WsConnection {
                         break;
                     }
                     self.stats.connections.fetch_add(1, Ordering::Relaxed);
-                    let end = self.session(ws, &mut carried);
+                    let end = self.session(ws, &mut waiters);
                     self.stats.connections.fetch_sub(1, Ordering::Relaxed);
                     match end {
                         SessionEnd::Stopped => break,
@@ -106,8 +110,32 @@ impl WsConnection {
                 std::thread::sleep(POLL.min(until.saturating_duration_since(Instant::now())));
             }
         }
-        for ack in carried {
-            let _ = ack.send(Err("engine stopped".into()));
+        for w in waiters {
+            let _ = w.ack.send(Err("engine stopped".into()));
+        }
+    }
+
+    /// Takes queued commands into the desired set. `Err` when the adapter is gone.
+    fn drain_commands(&mut self, waiters: &mut Vec<Waiter>) -> Result<(), ()> {
+        loop {
+            match self.commands.try_recv() {
+                Ok(WsCommand::Subscribe(topics, ack)) => {
+                    self.desired.extend(topics.iter().cloned());
+                    if let Some(ack) = ack {
+                        waiters.push(Waiter { topics, ack });
+                    }
+                }
+                Ok(WsCommand::Unsubscribe(topics, ack)) => {
+                    for t in &topics {
+                        self.desired.remove(t);
+                    }
+                    if let Some(ack) = ack {
+                        waiters.push(Waiter { topics, ack });
+                    }
+                }
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => return Err(()),
+            }
         }
     }
 
@@ -133,26 +161,6 @@ impl WsConnection {
             }
         }
         true
-    }
-
-    /// While disconnected, commands only change what the next session subscribes to.
-    fn drain_commands_offline(&mut self, carried: &mut Vec<Sender<NativeAck>>) {
-        while let Ok(cmd) = self.commands.try_recv() {
-            match cmd {
-                WsCommand::Subscribe(topics, ack) => {
-                    self.desired.extend(topics);
-                    carried.extend(ack);
-                }
-                WsCommand::Unsubscribe(topics, ack) => {
-                    for t in &topics {
-                        self.desired.remove(t);
-                    }
-                    if let Some(a) = ack {
-                        let _ = a.send(Ok(()));
-                    }
-                }
-            }
-        }
     }
 
     fn connect(&self) -> Result<Ws, String> {
@@ -205,32 +213,18 @@ impl WsConnection {
         Ok(ws)
     }
 
-    fn session(&mut self, mut ws: Ws, carried: &mut Vec<Sender<NativeAck>>) -> SessionEnd {
+    fn session(&mut self, mut ws: Ws, waiters: &mut Vec<Waiter>) -> SessionEnd {
         let started = Instant::now();
         let mut next_id: u64 = 1;
-        let mut outbox: VecDeque<(u64, String, Pending)> = VecDeque::new();
-        let mut pending: HashMap<u64, Pending> = HashMap::new();
-        let topics: Vec<String> = self.desired.iter().cloned().collect();
-        let mut first = true;
-        for chunk in topics.chunks(TOPICS_PER_MESSAGE) {
-            let acks = if first {
-                std::mem::take(carried)
-            } else {
-                Vec::new()
-            };
-            first = false;
-            outbox.push_back((
-                next_id,
-                request("SUBSCRIBE", chunk, next_id),
-                Pending { acks },
-            ));
-            next_id += 1;
-        }
-        for ack in carried.drain(..) {
-            let _ = ack.send(Ok(()));
-        }
+        // What the exchange has confirmed, and what it will have once in-flight requests
+        // are answered. Each send carries the whole difference to `desired`, so a burst of
+        // commands (even ones that cancel out) costs few client messages.
+        let mut confirmed: BTreeSet<String> = BTreeSet::new();
+        let mut at_exchange: BTreeSet<String> = BTreeSet::new();
+        let mut inflight: HashMap<u64, Inflight> = HashMap::new();
         // One message of the per-second budget is left for pongs, which Binance counts too.
-        let min_gap = Duration::from_secs(1) / self.cfg.messages_per_second.saturating_sub(1).max(1);
+        let min_gap =
+            Duration::from_secs(1) / self.cfg.messages_per_second.saturating_sub(1).max(1);
         let mut registry = self.registry.load_full();
         let mut last_sent: Option<Instant> = None;
         let mut last_data = Instant::now();
@@ -258,21 +252,44 @@ impl WsConnection {
                             }
                         }
                         Ok(Frame::Response(r)) => {
-                            if let Some(p) = pending.remove(&r.id) {
-                                let result = match r.error {
-                                    None => Ok(()),
+                            if let Some(inf) = inflight.remove(&r.id) {
+                                match r.error {
+                                    None => {
+                                        for t in inf.topics {
+                                            if inf.subscribe {
+                                                confirmed.insert(t);
+                                            } else {
+                                                confirmed.remove(&t);
+                                            }
+                                        }
+                                    }
                                     Some(e) => {
                                         crate::warn!(
                                             "connection {}: request {} refused: {e}",
                                             self.id,
                                             r.id
                                         );
-                                        Err(e)
+                                        // Give up the change: the exchange keeps what it had.
+                                        for t in &inf.topics {
+                                            if confirmed.contains(t) {
+                                                self.desired.insert(t.clone());
+                                                at_exchange.insert(t.clone());
+                                            } else {
+                                                self.desired.remove(t);
+                                                at_exchange.remove(t);
+                                            }
+                                        }
+                                        waiters.retain(|w| {
+                                            let hit =
+                                                w.topics.iter().any(|t| inf.topics.contains(t));
+                                            if hit {
+                                                let _ = w.ack.send(Err(e.clone()));
+                                            }
+                                            !hit
+                                        });
                                     }
-                                };
-                                for a in p.acks {
-                                    let _ = a.send(result.clone());
                                 }
+                                settle(waiters, &self.desired, &confirmed, &inflight);
                             }
                         }
                         Err(e) => {
@@ -320,79 +337,49 @@ impl WsConnection {
             }
             batch = 0;
             local.flush(&self.stats);
-            if self.stop.load(Ordering::Relaxed) {
+            if self.stop.load(Ordering::Relaxed) || self.drain_commands(waiters).is_err() {
                 let _ = ws.close(None);
                 let _ = ws.flush();
                 return SessionEnd::Stopped;
             }
-            loop {
-                match self.commands.try_recv() {
-                    Ok(WsCommand::Subscribe(topics, ack)) => {
-                        let new: Vec<String> = topics
-                            .into_iter()
-                            .filter(|t| self.desired.insert(t.clone()))
-                            .collect();
-                        if new.is_empty() {
-                            if let Some(a) = ack {
-                                let _ = a.send(Ok(()));
-                            }
-                            continue;
-                        }
-                        for (i, chunk) in new.chunks(TOPICS_PER_MESSAGE).enumerate() {
-                            let acks = if i == 0 {
-                                ack.iter().cloned().collect()
-                            } else {
-                                Vec::new()
-                            };
-                            outbox.push_back((
-                                next_id,
-                                request("SUBSCRIBE", chunk, next_id),
-                                Pending { acks },
-                            ));
-                            next_id += 1;
+            settle(waiters, &self.desired, &confirmed, &inflight);
+            if last_sent.is_none_or(|t| t.elapsed() >= min_gap) {
+                let add: Vec<String> = self
+                    .desired
+                    .difference(&at_exchange)
+                    .take(TOPICS_PER_MESSAGE)
+                    .cloned()
+                    .collect();
+                let (subscribe, topics) = if add.is_empty() {
+                    let gone: Vec<String> = at_exchange
+                        .difference(&self.desired)
+                        .take(TOPICS_PER_MESSAGE)
+                        .cloned()
+                        .collect();
+                    (false, gone)
+                } else {
+                    (true, add)
+                };
+                if !topics.is_empty() {
+                    let method = if subscribe {
+                        "SUBSCRIBE"
+                    } else {
+                        "UNSUBSCRIBE"
+                    };
+                    if let Err(e) = ws.send(Message::text(request(method, &topics, next_id))) {
+                        return SessionEnd::Lost(format!("send failed: {e}"));
+                    }
+                    for t in &topics {
+                        if subscribe {
+                            at_exchange.insert(t.clone());
+                        } else {
+                            at_exchange.remove(t);
                         }
                     }
-                    Ok(WsCommand::Unsubscribe(topics, ack)) => {
-                        let gone: Vec<String> = topics
-                            .into_iter()
-                            .filter(|t| self.desired.remove(t))
-                            .collect();
-                        if gone.is_empty() {
-                            if let Some(a) = ack {
-                                let _ = a.send(Ok(()));
-                            }
-                            continue;
-                        }
-                        outbox.push_back((
-                            next_id,
-                            request("UNSUBSCRIBE", &gone, next_id),
-                            Pending {
-                                acks: ack.into_iter().collect(),
-                            },
-                        ));
-                        next_id += 1;
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        let _ = ws.close(None);
-                        let _ = ws.flush();
-                        return SessionEnd::Stopped;
-                    }
+                    inflight.insert(next_id, Inflight { subscribe, topics });
+                    next_id += 1;
+                    last_sent = Some(Instant::now());
                 }
-            }
-            // One client message per `min_gap`: Binance counts them, pings and pongs too.
-            if !outbox.is_empty()
-                && last_sent.is_none_or(|t| t.elapsed() >= min_gap)
-                && let Some((id, text, p)) = outbox.pop_front()
-            {
-                if let Err(e) = ws.send(Message::text(text)) {
-                    for a in p.acks {
-                        carried.push(a);
-                    }
-                    return SessionEnd::Lost(format!("send failed: {e}"));
-                }
-                pending.insert(id, p);
-                last_sent = Some(Instant::now());
             }
             // Push out queued pongs.
             if let Err(e) = ws.flush()
@@ -401,11 +388,9 @@ impl WsConnection {
                 return SessionEnd::Lost(format!("flush failed: {e}"));
             }
             if last_data.elapsed() > self.cfg.no_data_timeout {
-                carry_pending(&mut pending, &mut outbox, carried);
                 return SessionEnd::Lost(format!("no data for {:?}", self.cfg.no_data_timeout));
             }
             if started.elapsed() > MAX_CONNECTION_AGE {
-                carry_pending(&mut pending, &mut outbox, carried);
                 let _ = ws.close(None);
                 let _ = ws.flush();
                 return SessionEnd::Lost("rolling over before Binance's 24 h cut".into());
@@ -414,17 +399,35 @@ impl WsConnection {
     }
 }
 
-fn carry_pending(
-    pending: &mut HashMap<u64, Pending>,
-    outbox: &mut VecDeque<(u64, String, Pending)>,
-    carried: &mut Vec<Sender<NativeAck>>,
+/// A command waiting for the exchange.
+struct Waiter {
+    topics: Vec<String>,
+    ack: Sender<NativeAck>,
+}
+
+/// A request sent and not yet answered.
+struct Inflight {
+    subscribe: bool,
+    topics: Vec<String>,
+}
+
+/// Answers every waiter whose topics are, at the exchange, what is desired.
+fn settle(
+    waiters: &mut Vec<Waiter>,
+    desired: &BTreeSet<String>,
+    confirmed: &BTreeSet<String>,
+    inflight: &HashMap<u64, Inflight>,
 ) {
-    for (_, p) in pending.drain() {
-        carried.extend(p.acks);
-    }
-    for (_, _, p) in outbox.drain(..) {
-        carried.extend(p.acks);
-    }
+    waiters.retain(|w| {
+        let done = w.topics.iter().all(|t| {
+            desired.contains(t) == confirmed.contains(t)
+                && !inflight.values().any(|i| i.topics.contains(t))
+        });
+        if done {
+            let _ = w.ack.send(Ok(()));
+        }
+        !done
+    });
 }
 
 fn is_would_block(e: &tungstenite::Error) -> bool {
