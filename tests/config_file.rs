@@ -99,3 +99,15 @@ fn missing_config_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
+
+#[test]
+fn a_non_loopback_control_api_needs_a_token() {
+    let err = Config::from_yaml_str("control:\n  addr: 0.0.0.0:7070\n", "t").unwrap_err();
+    assert!(err.to_string().contains("needs a token"), "{err}");
+    Config::from_yaml_str("control:\n  addr: 0.0.0.0:7070\n  token: abc\n", "t").unwrap();
+    let mut cfg = Config::default();
+    let err = cfg
+        .apply_env(|k| (k == "MELTICA_CONTROL_ADDR").then(|| "0.0.0.0:9000".to_string()))
+        .unwrap_err();
+    assert!(err.to_string().contains("needs a token"), "{err}");
+}

@@ -329,3 +329,40 @@ fn a_burst_of_300_commands_stays_within_five_messages_a_second() {
         == 8));
     engine.shutdown().unwrap();
 }
+
+#[test]
+fn filters_apply_at_runtime_and_unmapped_types_are_rejected() {
+    let sim = support::simulator(50);
+    let mut cfg = support::config_for(&sim);
+    // TRADE is routed; the extra ticker stream has no TICKER route: its events are rejected.
+    cfg.dispatcher.routes = vec![meltica::config::RouteConfig {
+        ws_topics: vec!["btcusdt@ticker".into()],
+        ..meltica::config::RouteConfig::for_type(EventType::Trade)
+    }];
+    let engine = Engine::start(cfg).unwrap();
+    let trades = engine.subscribe(SubscriptionFilter::types(&[EventType::Trade]), SubscribeOptions::default());
+    let filters = meltica::schema::control::parse_filters(&serde_json::json!([
+        {"field": "side", "op": "eq", "value": "buy"}
+    ]))
+    .unwrap();
+    let ack = engine
+        .control()
+        .execute(ControlCommand::update_filters(EventType::Trade, filters), Duration::from_secs(10));
+    assert_eq!(ack.status, AckStatus::Accepted, "{ack:?}");
+    while trades.try_recv().is_ok() {}
+    let mut seen = 0;
+    while seen < 20 {
+        let ev = trades.recv_timeout(Duration::from_secs(20)).expect("buy trades flow");
+        let j: serde_json::Value = serde_json::from_str(&ev.to_json()).unwrap();
+        assert_eq!(j["payload"]["side"], "buy", "{j}");
+        seen += 1;
+    }
+    assert!(support::wait_until(Duration::from_secs(10), || {
+        let c = engine.counts();
+        c.filtered[EventType::Trade.index()] > 0 && c.rejected[EventType::Ticker.index()] > 0
+    }));
+    let c = engine.shutdown().unwrap();
+    assert_eq!(c.published[EventType::Ticker.index()], 0);
+    let i = EventType::Trade.index();
+    assert_eq!(c.ingested[i], c.published[i] + c.filtered[i] + c.rejected[i]);
+}

@@ -405,7 +405,8 @@ impl Config {
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
-        let problems = env::apply(self, lookup);
+        let mut problems = env::apply(self, lookup);
+        problems.extend(self.check_rules(None));
         if problems.is_empty() {
             Ok(())
         } else {
