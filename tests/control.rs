@@ -340,19 +340,25 @@ fn filters_apply_at_runtime_and_unmapped_types_are_rejected() {
         ..meltica::config::RouteConfig::for_type(EventType::Trade)
     }];
     let engine = Engine::start(cfg).unwrap();
-    let trades = engine.subscribe(SubscriptionFilter::types(&[EventType::Trade]), SubscribeOptions::default());
+    let trades = engine.subscribe(
+        SubscriptionFilter::types(&[EventType::Trade]),
+        SubscribeOptions::default(),
+    );
     let filters = meltica::schema::control::parse_filters(&serde_json::json!([
         {"field": "side", "op": "eq", "value": "buy"}
     ]))
     .unwrap();
-    let ack = engine
-        .control()
-        .execute(ControlCommand::update_filters(EventType::Trade, filters), Duration::from_secs(10));
+    let ack = engine.control().execute(
+        ControlCommand::update_filters(EventType::Trade, filters),
+        Duration::from_secs(10),
+    );
     assert_eq!(ack.status, AckStatus::Accepted, "{ack:?}");
     while trades.try_recv().is_ok() {}
     let mut seen = 0;
     while seen < 20 {
-        let ev = trades.recv_timeout(Duration::from_secs(20)).expect("buy trades flow");
+        let ev = trades
+            .recv_timeout(Duration::from_secs(20))
+            .expect("buy trades flow");
         let j: serde_json::Value = serde_json::from_str(&ev.to_json()).unwrap();
         assert_eq!(j["payload"]["side"], "buy", "{j}");
         seen += 1;
@@ -364,5 +370,8 @@ fn filters_apply_at_runtime_and_unmapped_types_are_rejected() {
     let c = engine.shutdown().unwrap();
     assert_eq!(c.published[EventType::Ticker.index()], 0);
     let i = EventType::Trade.index();
-    assert_eq!(c.ingested[i], c.published[i] + c.filtered[i] + c.rejected[i]);
+    assert_eq!(
+        c.ingested[i],
+        c.published[i] + c.filtered[i] + c.rejected[i]
+    );
 }

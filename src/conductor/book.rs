@@ -1,6 +1,8 @@
-//! A local order book: two price-sorted vectors (bids descending, asks ascending).
-//! Updates near the top — where almost all of them land — move few elements, and
-//! reading the top N is a slice.
+//! A local order book: per side, one price-sorted vector with the best level at the END.
+//! Binance diffs land overwhelmingly near the top of the book, so inserting or removing a
+//! level there moves only the few levels above it; reading the top N is a reversed slice.
+//! (Best-first storage would shift the whole side on every top-of-book insert; the bench in
+//! `benches/conductor.rs` compares both layouts and a `BTreeMap`.)
 
 use crate::schema::{Decimal, Level};
 
@@ -13,10 +15,10 @@ pub enum Side {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderBook {
-    /// Best (highest) first.
-    pub bids: Vec<Level>,
-    /// Best (lowest) first.
-    pub asks: Vec<Level>,
+    /// Ascending price: best (highest) bid last.
+    bids: Vec<Level>,
+    /// Descending price: best (lowest) ask last.
+    asks: Vec<Level>,
     pub last_update_id: u64,
 }
 
@@ -43,13 +45,15 @@ impl OrderBook {
     /// Sets a level's absolute quantity; zero removes it (removing an absent level is normal).
     #[inline]
     pub fn set(&mut self, side: Side, price: Decimal, qty: Decimal) {
-        let levels = match side {
-            Side::Bid => &mut self.bids,
-            Side::Ask => &mut self.asks,
-        };
-        let pos = match side {
-            Side::Bid => levels.binary_search_by(|l| price.cmp(&l.0)),
-            Side::Ask => levels.binary_search_by(|l| l.0.cmp(&price)),
+        let (levels, pos) = match side {
+            Side::Bid => {
+                let pos = search_from_top(&self.bids, |l| l.0.cmp(&price));
+                (&mut self.bids, pos)
+            }
+            Side::Ask => {
+                let pos = search_from_top(&self.asks, |l| price.cmp(&l.0));
+                (&mut self.asks, pos)
+            }
         };
         match (pos, qty.is_zero()) {
             (Ok(i), true) => {
@@ -61,12 +65,36 @@ impl OrderBook {
         }
     }
 
+    /// Bids, best first.
+    pub fn bids(&self) -> impl ExactSizeIterator<Item = &Level> + DoubleEndedIterator {
+        self.bids.iter().rev()
+    }
+
+    /// Asks, best first.
+    pub fn asks(&self) -> impl ExactSizeIterator<Item = &Level> + DoubleEndedIterator {
+        self.asks.iter().rev()
+    }
+
+    /// Bids, best first, as a vector.
+    pub fn bid_levels(&self) -> Vec<Level> {
+        self.bids().copied().collect()
+    }
+
+    /// Asks, best first, as a vector.
+    pub fn ask_levels(&self) -> Vec<Level> {
+        self.asks().copied().collect()
+    }
+
+    pub fn depth(&self) -> (usize, usize) {
+        (self.bids.len(), self.asks.len())
+    }
+
     pub fn best_bid(&self) -> Option<Level> {
-        self.bids.first().copied()
+        self.bids.last().copied()
     }
 
     pub fn best_ask(&self) -> Option<Level> {
-        self.asks.first().copied()
+        self.asks.last().copied()
     }
 
     /// A crossed book (best bid ≥ best ask) cannot be a correct Binance book.
@@ -74,13 +102,35 @@ impl OrderBook {
         matches!((self.best_bid(), self.best_ask()), (Some(b), Some(a)) if b.0 >= a.0)
     }
 
-    /// Copies the top `n` levels of each side into `bids` / `asks` (cleared first).
+    /// Copies the top `n` levels of each side, best first, into `bids` / `asks`.
     pub fn top_into(&self, n: usize, bids: &mut Vec<Level>, asks: &mut Vec<Level>) {
         bids.clear();
         asks.clear();
-        bids.extend_from_slice(&self.bids[..n.min(self.bids.len())]);
-        asks.extend_from_slice(&self.asks[..n.min(self.asks.len())]);
+        bids.extend(self.bids().take(n).copied());
+        asks.extend(self.asks().take(n).copied());
     }
+}
+
+/// Search for a vector whose "top" is its end. Most updates land within a few levels of
+/// the top, so the last levels are scanned linearly before falling back to binary search.
+#[inline]
+fn search_from_top(
+    levels: &[Level],
+    cmp: impl Fn(&Level) -> std::cmp::Ordering,
+) -> Result<usize, usize> {
+    use std::cmp::Ordering::*;
+    const SCAN: usize = 16;
+    let n = levels.len();
+    let stop = n.saturating_sub(SCAN);
+    let mut i = n;
+    while i > stop {
+        match cmp(&levels[i - 1]) {
+            Equal => return Ok(i - 1),
+            Less => return Err(i),
+            Greater => i -= 1,
+        }
+    }
+    levels[..stop].binary_search_by(cmp)
 }
 
 #[cfg(test)]
@@ -100,13 +150,21 @@ mod tests {
         b.set(Side::Bid, d(101), d(3));
         b.set(Side::Ask, d(105), d(1));
         b.set(Side::Ask, d(103), d(1));
-        assert_eq!(b.bids, vec![(d(102), d(2)), (d(101), d(3)), (d(100), d(1))]);
-        assert_eq!(b.asks, vec![(d(103), d(1)), (d(105), d(1))]);
+        assert_eq!(
+            b.bid_levels(),
+            vec![(d(102), d(2)), (d(101), d(3)), (d(100), d(1))]
+        );
+        assert_eq!(b.ask_levels(), vec![(d(103), d(1)), (d(105), d(1))]);
         b.set(Side::Bid, d(101), d(0));
         b.set(Side::Bid, d(99), d(0));
         b.set(Side::Bid, d(100), d(7));
-        assert_eq!(b.bids, vec![(d(102), d(2)), (d(100), d(7))]);
+        assert_eq!(b.bid_levels(), vec![(d(102), d(2)), (d(100), d(7))]);
+        assert_eq!(b.best_bid(), Some((d(102), d(2))));
+        assert_eq!(b.best_ask(), Some((d(103), d(1))));
         assert!(!b.is_crossed());
+        let (mut tb, mut ta) = (Vec::new(), Vec::new());
+        b.top_into(1, &mut tb, &mut ta);
+        assert_eq!((tb, ta), (vec![(d(102), d(2))], vec![(d(103), d(1))]));
     }
 
     #[test]
@@ -114,21 +172,27 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(42);
         let mut book = OrderBook::default();
         let mut bids: BTreeMap<Decimal, Decimal> = BTreeMap::new();
+        let mut asks: BTreeMap<Decimal, Decimal> = BTreeMap::new();
         for _ in 0..20_000 {
+            let bid = rng.bool();
             let p = d(rng.i64(1..200));
             let q = if rng.u8(..) < 64 {
                 d(0)
             } else {
                 d(rng.i64(1..1000))
             };
-            book.set(Side::Bid, p, q);
+            book.set(if bid { Side::Bid } else { Side::Ask }, p, q);
+            let side = if bid { &mut bids } else { &mut asks };
             if q.is_zero() {
-                bids.remove(&p);
+                side.remove(&p);
             } else {
-                bids.insert(p, q);
+                side.insert(p, q);
             }
         }
-        let reference: Vec<Level> = bids.into_iter().rev().collect();
-        assert_eq!(book.bids, reference);
+        assert_eq!(
+            book.bid_levels(),
+            bids.into_iter().rev().collect::<Vec<_>>()
+        );
+        assert_eq!(book.ask_levels(), asks.into_iter().collect::<Vec<_>>());
     }
 }

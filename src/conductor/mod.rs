@@ -36,7 +36,9 @@ pub struct ConductorStats {
     /// 0 syncing, 1 live, 2 stale.
     pub status: Vec<AtomicU8>,
     pub cas_conflicts: AtomicU64,
-    pub ignored_diffs: AtomicU64,
+    /// Events not published, per type, because they repeated what the book already had
+    /// (duplicate or replayed diffs).
+    pub dropped_duplicate: [AtomicU64; EventType::COUNT],
 }
 
 impl ConductorStats {
@@ -49,7 +51,7 @@ impl ConductorStats {
             resyncs: (0..instruments).map(|_| AtomicU64::new(0)).collect(),
             status: (0..instruments).map(|_| AtomicU8::new(0)).collect(),
             cas_conflicts: AtomicU64::new(0),
-            ignored_diffs: AtomicU64::new(0),
+            dropped_duplicate: Default::default(),
         }
     }
 
@@ -75,7 +77,6 @@ struct Slot {
     sync: BookSync,
     needs_book: bool,
     fuses: bool,
-    fused_seq: u64,
     last_publish: Option<Instant>,
     dirty: bool,
     last_diff: Instant,
@@ -98,6 +99,8 @@ pub struct Conductor {
     stats: Arc<ConductorStats>,
     local_published: Vec<[u64; EventType::COUNT]>,
     local_consumed: u64,
+    /// Last published `seq` per instrument id and type (index `COUNT` slot unused).
+    seqs: Vec<[u64; EventType::COUNT]>,
 }
 
 impl Conductor {
@@ -121,6 +124,7 @@ impl Conductor {
             stats,
             local_published: vec![[0; EventType::COUNT]; n],
             local_consumed: 0,
+            seqs: Vec::new(),
         }
     }
 
@@ -135,7 +139,6 @@ impl Conductor {
                 sync: BookSync::new(),
                 needs_book: self.table.needs_book(inst.id()),
                 fuses: self.table.fuses(inst.id()),
-                fused_seq: 0,
                 last_publish: None,
                 dirty: false,
                 last_diff: Instant::now(),
@@ -266,6 +269,13 @@ impl Conductor {
                 _ => None,
             };
             if let Some(step) = step {
+                if step.ignored {
+                    // A duplicate or replayed diff: the book already has it; publishing it
+                    // again would hand consumers the same change twice.
+                    self.stats.dropped_duplicate[event.event_type.index()]
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 self.after_step(id, step, now);
             }
         }
@@ -278,9 +288,6 @@ impl Conductor {
 
     fn after_step(&mut self, id: usize, step: Step, now: Instant) {
         let slot = self.slots[id].as_mut().expect("indexed");
-        if step.ignored {
-            self.stats.ignored_diffs.fetch_add(1, Ordering::Relaxed);
-        }
         if let Some(e) = step.lost {
             crate::info!("{}: {e}; resyncing", slot.instrument);
             self.stats.resyncs[id].store(slot.sync.resyncs, Ordering::Relaxed);
@@ -355,10 +362,10 @@ impl Conductor {
         if slot.sync.in_sync() {
             fused
                 .bids
-                .reserve_exact(depth.min(slot.sync.book.bids.len()));
+                .reserve_exact(depth.min(slot.sync.book.depth().0));
             fused
                 .asks
-                .reserve_exact(depth.min(slot.sync.book.asks.len()));
+                .reserve_exact(depth.min(slot.sync.book.depth().1));
             slot.sync
                 .book
                 .top_into(depth, &mut fused.bids, &mut fused.asks);
@@ -375,18 +382,23 @@ impl Conductor {
                     slot.version = current.map_or(0, |r| r.version);
                 }
                 Err(e) => {
+                    // The store is part of what consumers read: a book that cannot be
+                    // stored is reported stale until it can.
                     crate::warn!("{}: snapshot store: {e}", slot.instrument);
+                    if slot.sync.status == SyncStatus::Live {
+                        slot.sync.mark_stale();
+                        self.stats.status[id].store(2, Ordering::Relaxed);
+                    }
                     break;
                 }
             }
         }
-        slot.fused_seq += 1;
         let event = Event {
             event_type: EventType::AnalyticsFused,
             source: "meltica.conductor",
             ts_ms: clock::wall_ms(),
             instrument: Some(slot.instrument.clone()),
-            seq: slot.fused_seq,
+            seq: 0,
             payload: Payload::Fused(book),
             ingress_ns: slot.last_ingress_ns,
             latency_ns: 0,
@@ -396,13 +408,21 @@ impl Conductor {
         self.emit(event);
     }
 
+    /// Numbers the event (gap-free per instrument and type) and publishes it.
     #[inline]
     fn emit(&mut self, mut event: Event) {
         if event.ingress_ns != 0 {
             event.latency_ns = clock::mono_ns().saturating_sub(event.ingress_ns);
         }
         if let Some(i) = &event.instrument {
-            self.local_published[i.id() as usize][event.event_type.index()] += 1;
+            let id = i.id() as usize;
+            if self.seqs.len() <= id {
+                self.seqs.resize(id + 1, [0; EventType::COUNT]);
+            }
+            let seq = &mut self.seqs[id][event.event_type.index()];
+            *seq += 1;
+            event.seq = *seq;
+            self.local_published[id][event.event_type.index()] += 1;
         }
         self.bus.publish(Arc::new(event));
     }

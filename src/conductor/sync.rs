@@ -177,6 +177,17 @@ impl BookSync {
 
     // Step 1: buffer; step 2: ask for a snapshot once a diff is buffered.
     fn buffer_delta(&mut self, d: &BookDelta) -> Step {
+        if self
+            .buffer
+            .back()
+            .is_some_and(|b| d.final_update_id <= b.final_update_id)
+        {
+            // A duplicate or replayed diff: already buffered.
+            return Step {
+                ignored: true,
+                ..Step::default()
+            };
+        }
         if self.buffer.len() == MAX_BUFFERED {
             self.buffer.pop_front();
             self.buffer_dropped += 1;
@@ -196,14 +207,29 @@ impl BookSync {
     fn try_snapshot(&mut self, s: &BookSnapshot) -> Step {
         let last = s.last_update_id;
         // Step 4: drop buffered diffs the snapshot already contains.
-        while self
-            .buffer
-            .front()
-            .is_some_and(|d| d.final_update_id <= last)
-        {
+        let mut reached = false;
+        while let Some(d) = self.buffer.front() {
+            if d.final_update_id > last {
+                break;
+            }
+            reached |= d.final_update_id == last;
             self.buffer.pop_front();
         }
         let Some(first) = self.buffer.front() else {
+            if reached {
+                // The stream reached exactly the snapshot's id: the snapshot is the book now,
+                // and the next diff must start at lastUpdateId + 1 (step 6).
+                self.book.reset(&s.bids, &s.asks, last);
+                if self.book.is_crossed() {
+                    return self.lose_sync(SyncError::Crossed { update_id: last });
+                }
+                self.status = SyncStatus::Live;
+                return Step {
+                    changed: true,
+                    status_changed: true,
+                    ..Step::default()
+                };
+            }
             // Every buffered diff is older than the snapshot: wait for the next diff.
             self.held = Some(s.clone());
             return Step::default();
@@ -325,7 +351,7 @@ mod tests {
         assert_eq!(s.status, SyncStatus::Live);
         assert_eq!(s.book.last_update_id, 14);
         // 97 came from a diff the snapshot already contained: dropped, not applied.
-        assert_eq!(s.book.bids, vec![lv(100, 1), lv(98, 1)]);
+        assert_eq!(s.book.bid_levels(), vec![lv(100, 1), lv(98, 1)]);
     }
 
     #[test]
@@ -345,7 +371,7 @@ mod tests {
         );
         assert!(st.status_changed && st.request_snapshot);
         assert_eq!(s.status, SyncStatus::Syncing);
-        assert!(s.book.bids.is_empty());
+        assert_eq!(s.book.depth(), (0, 0));
         // The diff that revealed the gap is kept for the next snapshot.
         s.on_snapshot(&snap(17));
         assert_eq!(s.status, SyncStatus::Live);
@@ -359,19 +385,23 @@ mod tests {
         s.on_snapshot(&snap(11));
         assert!(s.on_delta(&diff(10, 12, (50, 1))).ignored);
         assert_eq!(s.status, SyncStatus::Live);
-        assert!(!s.book.bids.contains(&lv(50, 1)));
+        assert!(!s.book.bid_levels().contains(&lv(50, 1)));
     }
 
     #[test]
     fn snapshot_before_any_diff_is_held_until_a_diff_proves_it() {
         let mut s = BookSync::new();
         assert_eq!(s.on_snapshot(&snap(20)), Step::default());
-        // A diff the snapshot contains: still waiting.
-        s.on_delta(&diff(19, 20, (98, 1)));
         assert_eq!(s.status, SyncStatus::Syncing);
-        s.on_delta(&diff(21, 22, (98, 3)));
+        // A diff older than the snapshot proves nothing yet.
+        s.on_delta(&diff(17, 18, (98, 1)));
+        assert_eq!(s.status, SyncStatus::Syncing);
+        // The stream reaches the snapshot's id exactly: the snapshot is the book now.
+        s.on_delta(&diff(19, 20, (98, 1)));
         assert_eq!(s.status, SyncStatus::Live);
-        assert!(s.book.bids.contains(&lv(98, 3)));
+        assert_eq!(s.book.last_update_id, 20);
+        s.on_delta(&diff(21, 22, (98, 3)));
+        assert!(s.book.bid_levels().contains(&lv(98, 3)));
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub fn compile(text: &str) -> Result<Config, Vec<ConfigProblem>> {
                 cx.backend(v, "snapshot_store.backend", &mut cfg.snapshot_store.backend);
             }
             if let Some(v) = s.take("ttl") {
-                cx.duration(v, "snapshot_store.ttl", &mut cfg.snapshot_store.ttl);
+                cx.positive_duration(v, "snapshot_store.ttl", &mut cfg.snapshot_store.ttl);
             }
             s.finish(&mut cx);
         }

@@ -1,5 +1,6 @@
 //! The dispatcher stage (`meltica-dispatcher`): applies the dispatch table to every raw
-//! instance, filters, and canonicalises with a gap-free `seq` per (instrument, type).
+//! instance, filters, and canonicalises; the conductor, which publishes, numbers events
+//! with a gap-free `seq` per (instrument, type).
 
 pub mod canonicalize;
 pub mod control;
@@ -76,8 +77,6 @@ impl Local {
 pub struct Dispatcher {
     shared: SharedTable,
     table: Arc<DispatchTable>,
-    /// Next `seq` per instrument id and type.
-    seqs: Vec<[u64; EventType::COUNT]>,
     rng: fastrand::Rng,
     stats: Arc<DispatcherStats>,
     warned_unrouted: [bool; EventType::COUNT],
@@ -88,7 +87,6 @@ impl Dispatcher {
         Dispatcher {
             table: shared.load_full(),
             shared,
-            seqs: Vec::new(),
             rng: fastrand::Rng::new(),
             stats,
             warned_unrouted: [false; EventType::COUNT],
@@ -146,23 +144,17 @@ impl Dispatcher {
             local.filtered[ti] += 1;
             return None;
         }
-        let seq = if publish {
-            if self.seqs.len() <= id as usize {
-                self.seqs.resize(id as usize + 1, [0; EventType::COUNT]);
-            }
-            let s = &mut self.seqs[id as usize][ti];
-            *s += 1;
+        if publish {
             local.forwarded[ti] += 1;
-            *s
         } else {
             // Counted as filtered for consumers; the conductor still consumes it.
             local.filtered[ti] += 1;
             local.internal[ti] += 1;
-            0
-        };
+        }
         let trace = TraceId::random(&mut self.rng);
         Some(Staged::Event {
-            event: canonicalize::canonicalize(raw, seq, trace),
+            // `seq` is assigned by the publishing stage, so it stays gap-free.
+            event: canonicalize::canonicalize(raw, 0, trace),
             publish,
         })
     }

@@ -121,6 +121,7 @@ pub struct Engine {
     control_thread: Option<JoinHandle<()>>,
     http: Option<ControlHttp>,
     sla: SlaHistogram,
+    sweeper: Option<JoinHandle<()>>,
     dispatcher: Option<JoinHandle<()>>,
     conductor: Option<JoinHandle<()>>,
     started: Instant,
@@ -237,6 +238,14 @@ impl Engine {
             .map_err(spawn_err("meltica-control"))?;
         let control = MemoryControlBus::new(ctl_tx, shared_table.clone());
 
+        let sweeper = {
+            let (store, stop, ttl) = (store.clone(), control_stop.clone(), engine_ttl(&config));
+            supervisor
+                .spawn("meltica-sweeper".into(), None, move || {
+                    sweep_loop(&store, &stop, ttl)
+                })
+                .map_err(spawn_err("meltica-sweeper"))?
+        };
         let mut engine = Engine {
             config,
             registry,
@@ -254,6 +263,7 @@ impl Engine {
             control_thread: Some(control_thread),
             http: None,
             sla,
+            sweeper: Some(sweeper),
             dispatcher: Some(dispatcher),
             conductor: Some(conductor),
             started: Instant::now(),
@@ -491,6 +501,9 @@ impl Engine {
         if let Some(h) = self.control_thread.take() {
             let _ = h.join();
         }
+        if let Some(h) = self.sweeper.take() {
+            let _ = h.join();
+        }
         let adapter = self.adapter.lock().take();
         if let Some(a) = adapter {
             a.shutdown();
@@ -508,6 +521,26 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+fn engine_ttl(config: &Config) -> Duration {
+    config.snapshot_store.ttl
+}
+
+/// Removes snapshot records not written within the TTL, a few times per TTL.
+fn sweep_loop(store: &MemorySnapshotStore, stop: &AtomicBool, ttl: Duration) {
+    let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut next = Instant::now() + every;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if Instant::now() >= next {
+            next = Instant::now() + every;
+            let n = store.sweep(crate::clock::wall_ms(), ttl.as_millis() as i64);
+            if n > 0 {
+                crate::debug!("swept {n} expired snapshot records");
+            }
+        }
     }
 }
 

@@ -70,6 +70,8 @@ pub(crate) struct Hub {
     slots: RwLock<Vec<Vec<Sub>>>,
     conns: Mutex<HashMap<u64, Arc<ConnCtl>>>,
     next_id: AtomicU64,
+    /// Per symbol: how many upcoming depth diffs to withhold (an update-id gap for clients).
+    skip_depth: Vec<AtomicU64>,
 }
 
 impl Hub {
@@ -87,6 +89,7 @@ impl Hub {
             names,
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            skip_depth: symbols.iter().map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -201,7 +204,10 @@ impl Hub {
         let base = sym * KINDS.len();
         let symbol = self.symbols[sym].as_str();
         let (depth, depth_fast) = (&slots[base + DEPTH], &slots[base + DEPTH_100MS]);
-        if !depth.is_empty() || !depth_fast.is_empty() {
+        let withhold = self.skip_depth[sym]
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if !withhold && (!depth.is_empty() || !depth_fast.is_empty()) {
             buf.clear();
             events::depth_update(buf, ms, symbol, out);
             self.fan_out(depth, base + DEPTH, buf);
@@ -226,6 +232,11 @@ impl Hub {
             events::book_ticker(buf, out.last_id, symbol, out.top);
             self.fan_out(tickers, base + BOOK_TICKER, buf);
         }
+    }
+
+    /// Withholds the next `n` depth diffs of symbol `sym`.
+    pub fn inject_gaps(&self, sym: usize, n: u64) {
+        self.skip_depth[sym].fetch_add(n, Ordering::Relaxed);
     }
 
     /// Publishes the 24hr ticker of symbol `sym` if anyone listens.

@@ -137,6 +137,8 @@ pub(crate) struct Shared {
     pub conn_threads: Mutex<Vec<JoinHandle<()>>>,
     pub weight: rest::WeightMeter,
     pub client: ClientAccounting,
+    /// When each depth snapshot was served, and for which symbol.
+    pub depth_served: Mutex<Vec<(Instant, String)>>,
 }
 
 /// A SUBSCRIBE or UNSUBSCRIBE the simulator received.
@@ -207,6 +209,7 @@ impl Simulator {
             conn_threads: Mutex::new(Vec::new()),
             weight: rest::WeightMeter::default(),
             client: ClientAccounting::default(),
+            depth_served: Mutex::new(Vec::new()),
         });
         let mut threads = Vec::with_capacity(2);
         let s = Arc::clone(&shared);
@@ -284,6 +287,23 @@ impl Simulator {
     /// Active stream subscriptions over all live connections.
     pub fn subscription_count(&self) -> usize {
         self.shared.hub.subscription_count()
+    }
+
+    /// Withholds the next `n` depth diffs of `symbol` from every client: each one is an
+    /// update-id gap a correct client must detect. False for an unknown symbol.
+    pub fn inject_gaps(&self, symbol: &str, n: u64) -> bool {
+        match self.shared.symbol_index(symbol) {
+            Some(i) => {
+                self.shared.hub.inject_gaps(i, n);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// When each `/api/v3/depth` snapshot was served, and for which symbol.
+    pub fn depth_snapshots_served(&self) -> Vec<(Instant, String)> {
+        self.shared.depth_served.lock().clone()
     }
 
     /// Every SUBSCRIBE and UNSUBSCRIBE received, in order.

@@ -197,5 +197,9 @@ fn depth(shared: &Shared, req: &Request) -> Reply {
         push_levels(&mut body, book.asks.iter().take(limit).map(raw));
         body.push('}');
     }
+    shared
+        .depth_served
+        .lock()
+        .push((std::time::Instant::now(), sym.clone()));
     reply(200, body, weight)
 }

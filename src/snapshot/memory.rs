@@ -1,11 +1,12 @@
-//! The in-memory store: one `ArcSwap<Record>` cell per key. Reads are lock-free; the
-//! registry of cells changes only when a key is first written.
+//! The in-memory store: one `ArcSwap<Record>` cell per key. Reads are lock-free (the
+//! registry of cells is itself an `ArcSwap`, copied on the rare write that adds a key);
+//! writes are version-tagged compare-and-swap on the cell.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
-use parking_lot::RwLock;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use parking_lot::Mutex;
 
 use super::{Key, Record, SnapshotStore, StoreError};
 use crate::schema::FusedBook;
@@ -15,7 +16,9 @@ pub type Cell = Arc<ArcSwapOption<Record>>;
 
 #[derive(Default)]
 pub struct MemorySnapshotStore {
-    cells: RwLock<HashMap<Key, Cell>>,
+    cells: ArcSwap<HashMap<Key, Cell>>,
+    /// Serialises the rare registry changes (new keys), never reads or CAS.
+    adding: Mutex<()>,
 }
 
 impl MemorySnapshotStore {
@@ -25,24 +28,29 @@ impl MemorySnapshotStore {
 
     /// The cell for `key`, created on first use.
     pub fn cell(&self, key: &Key) -> Cell {
-        if let Some(c) = self.cells.read().get(key) {
+        if let Some(c) = self.cells.load().get(key) {
             return c.clone();
         }
-        self.cells
-            .write()
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(ArcSwapOption::empty()))
-            .clone()
+        let _g = self.adding.lock();
+        if let Some(c) = self.cells.load().get(key) {
+            return c.clone();
+        }
+        let mut next = HashMap::clone(&self.cells.load());
+        let cell: Cell = Arc::new(ArcSwapOption::empty());
+        next.insert(key.clone(), cell.clone());
+        self.cells.store(Arc::new(next));
+        cell
     }
 
-    /// Every key with a record.
+    /// Every key with a cell, sorted.
     pub fn keys(&self) -> Vec<Key> {
-        let mut k: Vec<Key> = self.cells.read().keys().cloned().collect();
+        let mut k: Vec<Key> = self.cells.load().keys().cloned().collect();
         k.sort();
         k
     }
 
-    /// Version-tagged CAS on a cell.
+    /// Version-tagged CAS on a cell: writes `book` as version `expected_version + 1` only
+    /// if the cell still holds `expected_version` (0: empty).
     pub fn cas_cell(
         cell: &Cell,
         expected_version: u64,
@@ -62,12 +70,7 @@ impl MemorySnapshotStore {
             book,
         });
         let prev = cell.compare_and_swap(&current, Some(new));
-        let same = match (prev.as_ref(), current.as_ref()) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        if same {
+        if same(&prev, &current) {
             Ok(found + 1)
         } else {
             Err(StoreError::Conflict {
@@ -76,11 +79,37 @@ impl MemorySnapshotStore {
             })
         }
     }
+
+    /// Removes records not written for `ttl_ms`. A record written concurrently is never
+    /// removed: the removal is itself a CAS against the expired record.
+    pub fn sweep(&self, now_ms: i64, ttl_ms: i64) -> usize {
+        let mut removed = 0;
+        for cell in self.cells.load().values() {
+            let current = cell.load_full();
+            let Some(r) = current.as_ref() else { continue };
+            if now_ms - r.updated_ms < ttl_ms {
+                continue;
+            }
+            let prev = cell.compare_and_swap(&current, None);
+            if same(&prev, &current) {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+fn same<G: std::ops::Deref<Target = Option<Arc<Record>>>>(a: &G, b: &Option<Arc<Record>>) -> bool {
+    match (a.as_ref(), b.as_ref()) {
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 impl SnapshotStore for MemorySnapshotStore {
     fn get(&self, key: &Key) -> Result<Option<Arc<Record>>, StoreError> {
-        Ok(self.cells.read().get(key).and_then(|c| c.load_full()))
+        Ok(self.cells.load().get(key).and_then(|c| c.load_full()))
     }
 
     fn put(&self, key: &Key, book: Arc<FusedBook>) -> Result<u64, StoreError> {
@@ -103,49 +132,8 @@ impl SnapshotStore for MemorySnapshotStore {
     ) -> Result<u64, StoreError> {
         Self::cas_cell(&self.cell(key), expected_version, book)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cas_is_version_tagged() {
-        let s = MemorySnapshotStore::new();
-        let k = Key::fused("BTC-USDT");
-        assert_eq!(s.get(&k).unwrap(), None);
-        assert_eq!(s.compare_and_swap(&k, 0, Arc::default()).unwrap(), 1);
-        let e = s.compare_and_swap(&k, 0, Arc::default()).unwrap_err();
-        let StoreError::Conflict { current, .. } = e else {
-            panic!()
-        };
-        assert_eq!(current.unwrap().version, 1);
-        assert_eq!(s.put(&k, Arc::default()).unwrap(), 2);
-        assert_eq!(s.get(&k).unwrap().unwrap().version, 2);
-    }
-
-    #[test]
-    fn concurrent_cas_never_loses_an_increment() {
-        let s = Arc::new(MemorySnapshotStore::new());
-        let k = Key::fused("ETH-USDT");
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let s = s.clone();
-                let k = k.clone();
-                std::thread::spawn(move || {
-                    let mut wins = 0;
-                    while wins < 500 {
-                        let v = s.get(&k).unwrap().map_or(0, |r| r.version);
-                        if s.compare_and_swap(&k, v, Arc::default()).is_ok() {
-                            wins += 1;
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(s.get(&k).unwrap().unwrap().version, 2000);
+    fn sweep_expired(&self, ttl: std::time::Duration) -> Result<usize, StoreError> {
+        Ok(self.sweep(crate::clock::wall_ms(), ttl.as_millis() as i64))
     }
 }

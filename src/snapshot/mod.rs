@@ -62,4 +62,7 @@ pub trait SnapshotStore: Send + Sync {
         expected_version: u64,
         book: Arc<FusedBook>,
     ) -> Result<u64, StoreError>;
+    /// Removes records older than `ttl` without ever undoing a concurrent write; returns
+    /// how many were removed.
+    fn sweep_expired(&self, ttl: std::time::Duration) -> Result<usize, StoreError>;
 }

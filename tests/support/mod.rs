@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: a simulator on loopback and a config aimed at it.
 #![allow(dead_code)]
 
+pub mod store_contract;
+
 use std::time::{Duration, Instant};
 
 use meltica::config::{Config, LogLevel};
