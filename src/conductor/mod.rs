@@ -444,3 +444,169 @@ impl Conductor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::InstrumentRegistry;
+    use crate::bus::{MemoryDataBus, SubscribeOptions, SubscriptionFilter};
+    use crate::config::{Config, TradeStream, default_routes};
+    use crate::schema::{BookDelta, BookSnapshot, Decimal, InstrumentInfo, SharedEvent};
+    use crossbeam_channel::unbounded;
+
+    struct Rig {
+        tx: Sender<Staged>,
+        sub: crate::bus::Subscription,
+        stats: Arc<ConductorStats>,
+        inst: Instrument,
+        handle: std::thread::JoinHandle<()>,
+        snaps: Receiver<SnapshotRequest>,
+    }
+
+    fn rig(throttle: Duration) -> Rig {
+        let mut reg = InstrumentRegistry::default();
+        let i = Instrument::from_name(0, "BTC-USDT").unwrap();
+        let info = i.info();
+        let inst = reg.insert(InstrumentInfo {
+            id: 0,
+            name: info.name.clone(),
+            symbol: info.symbol.clone(),
+            stream_prefix: info.stream_prefix.clone(),
+            base: info.base.clone(),
+            quote: info.quote.clone(),
+            tick_size: Decimal::ZERO,
+            step_size: Decimal::ZERO,
+        });
+        let table = DispatchTable::from_config(&default_routes(), &reg, TradeStream::Trade);
+        let shared: SharedTable = Arc::new(arc_swap::ArcSwap::from_pointee(table));
+        let bus = Arc::new(MemoryDataBus::new());
+        let sub = bus.subscribe(SubscriptionFilter::all(), SubscribeOptions::default());
+        let stats = Arc::new(ConductorStats::new(4));
+        let (snap_tx, snaps) = unbounded();
+        let mut cfg = Config::default().conductor;
+        cfg.throttle = throttle;
+        let c = Conductor::new(cfg, shared, snap_tx, bus, Arc::new(MemorySnapshotStore::new()), stats.clone());
+        let (tx, rx) = unbounded();
+        let handle = std::thread::spawn(move || c.run(rx, WaitStrategy::Block));
+        Rig { tx, sub, stats, inst, handle, snaps }
+    }
+
+    fn event(inst: &Instrument, payload: Payload) -> Staged {
+        Staged::Event {
+            event: Event {
+                event_type: payload.event_type(),
+                source: "test",
+                ts_ms: 0,
+                instrument: Some(inst.clone()),
+                seq: 0,
+                payload,
+                ingress_ns: 1,
+                latency_ns: 0,
+                trace_id: TraceId::NONE,
+                quality: Quality::Live,
+            },
+            publish: true,
+        }
+    }
+
+    fn diff(u: u64, price: i64, qty: i64) -> Payload {
+        Payload::Delta(BookDelta {
+            first_update_id: u,
+            final_update_id: u,
+            bids: vec![(Decimal::from_int(price), Decimal::from_int(qty))],
+            asks: vec![],
+        })
+    }
+
+    fn snapshot(u: u64) -> Payload {
+        Payload::Snapshot(BookSnapshot {
+            last_update_id: u,
+            bids: vec![(Decimal::from_int(100), Decimal::from_int(1))],
+            asks: vec![(Decimal::from_int(200), Decimal::from_int(1))],
+        })
+    }
+
+    fn drain(r: Rig) -> (Vec<SharedEvent>, Arc<ConductorStats>) {
+        drop(r.tx);
+        r.handle.join().unwrap();
+        drop(r.snaps);
+        let mut out = Vec::new();
+        while let Ok(e) = r.sub.try_recv() {
+            out.push(e);
+        }
+        (out, r.stats)
+    }
+
+    #[test]
+    fn duplicate_diffs_produce_no_events_and_seq_stays_gap_free() {
+        let r = rig(Duration::ZERO);
+        let i = r.inst.clone();
+        r.tx.send(event(&i, diff(10, 90, 1))).unwrap();
+        assert!(r.snaps.recv_timeout(Duration::from_secs(5)).is_ok(), "snapshot requested");
+        r.tx.send(event(&i, snapshot(10))).unwrap();
+        r.tx.send(event(&i, diff(11, 91, 1))).unwrap();
+        r.tx.send(event(&i, diff(11, 91, 1))).unwrap(); // replayed
+        r.tx.send(event(&i, diff(12, 92, 1))).unwrap();
+        r.tx.send(event(&i, diff(10, 90, 1))).unwrap(); // old
+        let (events, stats) = drain(r);
+        let deltas: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Payload::Delta(d) => Some(d.final_update_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deltas, [10, 11, 12]);
+        let seqs: Vec<u64> = events.iter().filter(|e| e.event_type == EventType::OrderbookDelta).map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(stats.dropped_duplicate[EventType::OrderbookDelta.index()].load(Ordering::Relaxed), 2);
+        let keys: Vec<String> = events.iter().map(|e| e.key()).collect();
+        let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len(), "keys are unique");
+    }
+
+    #[test]
+    fn throttle_publishes_the_final_state_of_each_window() {
+        let r = rig(Duration::from_millis(200));
+        let i = r.inst.clone();
+        r.tx.send(event(&i, diff(10, 90, 1))).unwrap();
+        r.tx.send(event(&i, snapshot(10))).unwrap();
+        for u in 11..=30 {
+            r.tx.send(event(&i, diff(u, 90, u as i64))).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        let (events, stats) = drain(r);
+        let fused: Vec<&FusedBook> = events
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Payload::Fused(f) => Some(&**f),
+                _ => None,
+            })
+            .collect();
+        assert!(fused.len() < 20, "coalesced: {} fused events", fused.len());
+        let last = fused.last().unwrap();
+        assert_eq!(last.last_update_id, 30, "the final state is never lost");
+        assert_eq!(last.bids[1], (Decimal::from_int(90), Decimal::from_int(30)));
+        assert!(stats.coalesced[0].load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn zero_window_publishes_every_update() {
+        let r = rig(Duration::ZERO);
+        let i = r.inst.clone();
+        r.tx.send(event(&i, diff(10, 90, 1))).unwrap();
+        r.tx.send(event(&i, snapshot(10))).unwrap();
+        for u in 11..=30 {
+            r.tx.send(event(&i, diff(u, 90, u as i64))).unwrap();
+        }
+        let (events, _) = drain(r);
+        let ids: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Payload::Fused(f) if f.status == Quality::Live => Some(f.last_update_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, (10..=30).collect::<Vec<_>>());
+    }
+}
