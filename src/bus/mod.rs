@@ -6,5 +6,8 @@ pub mod http;
 pub mod memory;
 
 pub use control::{ControlBus, MemoryControlBus};
-pub use data::{DataBus, SubscribeOptions, Subscription, SubscriptionFilter, SubscriptionStats};
+pub use data::{
+    DataBus, Deduplicator, Delivery, DropReason, SubscribeOptions, Subscription, SubscriptionFilter,
+    SubscriptionStats,
+};
 pub use memory::MemoryDataBus;

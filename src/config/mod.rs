@@ -166,6 +166,10 @@ pub enum BackpressurePolicy {
     Block,
     DropOldest,
     DropNewest,
+    /// Keep only the latest event per (instrument, type); replaced ones are conflated.
+    Conflate,
+    /// Cut the consumer off when its queue is full; the others continue.
+    Disconnect,
 }
 
 impl BackpressurePolicy {
@@ -174,6 +178,8 @@ impl BackpressurePolicy {
             BackpressurePolicy::Block => "block",
             BackpressurePolicy::DropOldest => "drop_oldest",
             BackpressurePolicy::DropNewest => "drop_newest",
+            BackpressurePolicy::Conflate => "conflate",
+            BackpressurePolicy::Disconnect => "disconnect",
         }
     }
 }

@@ -451,7 +451,7 @@ fn bus(cx: &mut Cx, n: &Node, out: &mut BusConfig) {
             None => cx.problem(
                 v.loc,
                 "bus.policy",
-                "expected block, drop_oldest or drop_newest",
+                "expected block, drop_oldest, drop_newest, conflate or disconnect",
             ),
         }
     }
@@ -464,6 +464,8 @@ pub fn parse_policy(s: &str) -> Option<BackpressurePolicy> {
         "block" => Some(BackpressurePolicy::Block),
         "drop_oldest" => Some(BackpressurePolicy::DropOldest),
         "drop_newest" => Some(BackpressurePolicy::DropNewest),
+        "conflate" => Some(BackpressurePolicy::Conflate),
+        "disconnect" => Some(BackpressurePolicy::Disconnect),
         _ => None,
     }
 }
