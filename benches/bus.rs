@@ -32,12 +32,18 @@ fn event() -> Arc<Event> {
 fn bench(c: &mut Criterion) {
     let ev = event();
     let mut g = c.benchmark_group("bus/publish");
-    g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     for n in [1usize, 4, 16] {
         g.throughput(Throughput::Elements(1));
         let bus = MemoryDataBus::new();
         let subs: Vec<_> = (0..n)
-            .map(|_| bus.subscribe(SubscriptionFilter::all(), SubscribeOptions::new("bench", BATCH as usize, BackpressurePolicy::Block)))
+            .map(|_| {
+                bus.subscribe(
+                    SubscriptionFilter::all(),
+                    SubscribeOptions::new("bench", BATCH as usize, BackpressurePolicy::Block),
+                )
+            })
             .collect();
         g.bench_function(format!("meltica/{n}_subscribers"), |b| {
             b.iter_custom(|iters| {
@@ -58,7 +64,9 @@ fn bench(c: &mut Criterion) {
                 total
             })
         });
-        let chans: Vec<_> = (0..n).map(|_| bounded::<Arc<Event>>(BATCH as usize)).collect();
+        let chans: Vec<_> = (0..n)
+            .map(|_| bounded::<Arc<Event>>(BATCH as usize))
+            .collect();
         g.bench_function(format!("crossbeam_channels/{n}"), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;

@@ -18,13 +18,16 @@
 //!
 //! ## Build → Run → Shutdown
 //!
+//! Build an [`Engine`] from a [`Config`] (loaded from YAML, or written in code), take
+//! subscriptions on the builder so nothing is missed, start it, consume, shut down. Shutdown
+//! stops the sources first, lets every queue drain, joins the threads in order and ends
+//! every subscription's iterator. Dropping the engine does the same.
+//!
 //! ```no_run
 //! use meltica::bus::{SubscribeOptions, SubscriptionFilter};
-//! use meltica::config::Config;
-//! use meltica::engine::Engine;
-//! use meltica::schema::EventType;
+//! use meltica::{Config, Engine, EventType};
 //!
-//! let config = Config::load("config.yaml".as_ref())?;
+//! let config = Config::load("config.yaml".as_ref())?; // or Config::default(), edited in code
 //! let builder = Engine::builder(config);
 //! let trades = builder.subscribe(
 //!     SubscriptionFilter::types(&[EventType::Trade]),
@@ -38,32 +41,95 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! ## Against the built-in simulator (no internet)
+//! ## Embedded in a host, against the built-in simulator
+//!
+//! A host subscribes to fused books of one instrument and reads the latest book from the
+//! snapshot store (a lock-free read) whenever it likes.
 //!
 //! ```
 //! use meltica::bus::{SubscribeOptions, SubscriptionFilter};
-//! use meltica::config::Config;
-//! use meltica::engine::Engine;
-//! use meltica::schema::EventType;
+//! use meltica::schema::{EventType, Quality};
 //! use meltica::simulator::{Simulator, SimulatorConfig};
+//! use meltica::{Config, Engine};
 //! use std::time::Duration;
 //!
 //! let sim = Simulator::start(SimulatorConfig::default())?;
 //! let mut config = Config::default();
 //! config.adapter.binance.ws_url = sim.ws_url();
 //! config.adapter.binance.rest_url = sim.rest_url();
-//! config.control.addr = Some("127.0.0.1:0".parse()?); // any free port for the control API
+//! config.control.addr = None; // no HTTP control API in this host
 //! let builder = Engine::builder(config);
 //! let books = builder.subscribe(
-//!     SubscriptionFilter::types(&[EventType::AnalyticsFused]),
+//!     SubscriptionFilter::types(&[EventType::AnalyticsFused]).with_instruments(&["BTC-USDT"]),
 //!     SubscribeOptions::default(),
 //! );
 //! let engine = builder.start()?;
-//! let fused = books.recv_timeout(Duration::from_secs(30)).expect("a fused book");
-//! assert_eq!(fused.event_type, EventType::AnalyticsFused);
+//! let live = books
+//!     .iter()
+//!     .find(|e| e.quality == Quality::Live)
+//!     .expect("a live book");
+//! assert_eq!(live.instrument_name(), "BTC-USDT");
+//! let latest = engine.latest_book("BTC-USDT").expect("the store holds the book");
+//! assert!(latest.book.last_update_id >= 1);
+//! assert!(!latest.book.bids.is_empty());
 //! engine.shutdown()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! ## Feeding frames yourself (a replay, another transport)
+//!
+//! With a [`engine::FrameSource`] the engine does not connect anywhere: the host pushes raw
+//! Binance frames and REST bodies, which go through the real parser and the whole pipeline.
+//!
+//! ```
+//! use meltica::bus::{SubscribeOptions, SubscriptionFilter};
+//! use meltica::{Config, Engine, EventType};
+//!
+//! let mut config = Config::default();
+//! config.instruments = vec!["BNB-BTC".into()];
+//! config.control.addr = None;
+//! let mut builder = Engine::builder(config);
+//! let source = builder.frame_source();
+//! let trades = builder.subscribe(SubscriptionFilter::types(&[EventType::Trade]), SubscribeOptions::default());
+//! let engine = builder.start()?;
+//! source.push_frame(r#"{"stream":"bnbbtc@trade","data":{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}}"#)?;
+//! let trade = trades.recv().expect("the trade comes out canonical");
+//! assert_eq!(trade.key(), "BNB-BTC:TRADE:1");
+//! assert!(source.push_frame("not json").is_err()); // counted, reported, harmless
+//! engine.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Changing routes at runtime
+//!
+//! [`Engine::control`] is the in-process control handle: the same commands and acks as the
+//! HTTP API. An ack arrives once the exchange confirmed and the new table is in effect.
+//!
+//! ```
+//! use meltica::bus::ControlBus;
+//! use meltica::schema::control::{AckStatus, ControlCommand};
+//! use meltica::simulator::{Simulator, SimulatorConfig};
+//! use meltica::{Config, Engine, EventType};
+//! use std::time::Duration;
+//!
+//! let sim = Simulator::start(SimulatorConfig::default())?;
+//! let mut config = Config::default();
+//! config.adapter.binance.ws_url = sim.ws_url();
+//! config.adapter.binance.rest_url = sim.rest_url();
+//! config.control.addr = None;
+//! let engine = Engine::start(config)?;
+//! let ack = engine.control().execute(
+//!     ControlCommand::subscribe(EventType::Ticker, &["SOL-USDT"], "risk"),
+//!     Duration::from_secs(10),
+//! );
+//! assert_eq!(ack.status, AckStatus::Accepted);
+//! engine.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Feature flags
+//!
+//! None yet: the in-memory buses and snapshot store are always built.
 
 pub mod cli;
 pub mod clock;

@@ -9,7 +9,9 @@ use meltica::bus::{
     SubscriptionFilter,
 };
 use meltica::config::BackpressurePolicy;
-use meltica::schema::{BookTop, Event, EventType, Instrument, Payload, Quality, SharedEvent, TraceId};
+use meltica::schema::{
+    BookTop, Event, EventType, Instrument, Payload, Quality, SharedEvent, TraceId,
+};
 
 fn instruments() -> Vec<Instrument> {
     ["BTC-USDT", "ETH-USDT", "SOL-USDT", "BNB-USDT"]
@@ -26,7 +28,10 @@ fn event(inst: &Instrument, seq: u64) -> SharedEvent {
         ts_ms: 0,
         instrument: Some(inst.clone()),
         seq,
-        payload: Payload::Top(BookTop { update_id: seq, ..BookTop::default() }),
+        payload: Payload::Top(BookTop {
+            update_id: seq,
+            ..BookTop::default()
+        }),
         ingress_ns: 0,
         latency_ns: 0,
         trace_id: TraceId::NONE,
@@ -45,12 +50,15 @@ fn publish_all(bus: &MemoryDataBus, insts: &[Instrument], per_instrument: u64) {
 }
 
 /// A consumer that sleeps every `every` events; returns what it received.
-fn slow_consumer(sub: Subscription, every: u64) -> std::thread::JoinHandle<(Vec<SharedEvent>, Subscription)> {
+fn slow_consumer(
+    sub: Subscription,
+    every: u64,
+) -> std::thread::JoinHandle<(Vec<SharedEvent>, Subscription)> {
     std::thread::spawn(move || {
         let mut got = Vec::new();
         while let Some(e) = sub.recv() {
             got.push(e);
-            if every > 0 && got.len() as u64 % every == 0 {
+            if every > 0 && (got.len() as u64).is_multiple_of(every) {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -93,7 +101,10 @@ fn per_instrument_order_holds_for_eight_subscribers_under_load() {
 fn run_policy(policy: BackpressurePolicy) -> (Vec<SharedEvent>, Subscription, u64) {
     let bus = MemoryDataBus::new();
     let insts = instruments();
-    let sub = bus.subscribe(SubscriptionFilter::all(), SubscribeOptions::new("slow", 64, policy));
+    let sub = bus.subscribe(
+        SubscriptionFilter::all(),
+        SubscribeOptions::new("slow", 64, policy),
+    );
     let h = slow_consumer(sub, 16);
     let per = 2_000u64;
     publish_all(&bus, &insts, per);
@@ -104,7 +115,11 @@ fn run_policy(policy: BackpressurePolicy) -> (Vec<SharedEvent>, Subscription, u6
 fn assert_accounts(got: &[SharedEvent], sub: &Subscription, published: u64) {
     let s = sub.stats();
     assert_eq!(s.offered(), published);
-    assert_eq!(s.offered(), got.len() as u64 + s.dropped(), "published = received + dropped");
+    assert_eq!(
+        s.offered(),
+        got.len() as u64 + s.dropped(),
+        "published = received + dropped"
+    );
     assert_eq!(s.delivered(), got.len() as u64);
 }
 
@@ -129,7 +144,10 @@ fn block_is_lossless() {
 fn drop_newest_discards_what_does_not_fit() {
     let (got, sub, published) = run_policy(BackpressurePolicy::DropNewest);
     let s = sub.stats();
-    assert!(s.dropped_for(DropReason::QueueFull) > 0, "the slow consumer should have fallen behind");
+    assert!(
+        s.dropped_for(DropReason::QueueFull) > 0,
+        "the slow consumer should have fallen behind"
+    );
     assert_eq!(s.dropped(), s.dropped_for(DropReason::QueueFull));
     assert_accounts(&got, &sub, published);
     assert_ordered(&got);
@@ -144,7 +162,11 @@ fn drop_oldest_keeps_the_newest() {
     assert_eq!(s.dropped(), s.dropped_for(DropReason::Evicted));
     assert_accounts(&got, &sub, published);
     assert_ordered(&got);
-    assert_eq!(got.last().unwrap().seq, 2_000, "the newest event is always delivered");
+    assert_eq!(
+        got.last().unwrap().seq,
+        2_000,
+        "the newest event is always delivered"
+    );
 }
 
 #[test]
@@ -156,8 +178,15 @@ fn conflate_keeps_the_latest_per_instrument() {
     assert_accounts(&got, &sub, published);
     assert_ordered(&got);
     for i in 0..4u32 {
-        let last = got.iter().rev().find(|e| e.instrument.as_ref().unwrap().id() == i).unwrap();
-        assert_eq!(last.seq, 2_000, "the latest state of instrument {i} is never lost");
+        let last = got
+            .iter()
+            .rev()
+            .find(|e| e.instrument.as_ref().unwrap().id() == i)
+            .unwrap();
+        assert_eq!(
+            last.seq, 2_000,
+            "the latest state of instrument {i} is never lost"
+        );
     }
 }
 
@@ -165,8 +194,14 @@ fn conflate_keeps_the_latest_per_instrument() {
 fn disconnect_cuts_the_slow_consumer_off_while_others_continue() {
     let bus = MemoryDataBus::new();
     let insts = instruments();
-    let slow = bus.subscribe(SubscriptionFilter::all(), SubscribeOptions::new("slow", 64, BackpressurePolicy::Disconnect));
-    let steady = bus.subscribe(SubscriptionFilter::all(), SubscribeOptions::new("steady", 1 << 16, BackpressurePolicy::Block));
+    let slow = bus.subscribe(
+        SubscriptionFilter::all(),
+        SubscribeOptions::new("slow", 64, BackpressurePolicy::Disconnect),
+    );
+    let steady = bus.subscribe(
+        SubscriptionFilter::all(),
+        SubscribeOptions::new("steady", 1 << 16, BackpressurePolicy::Block),
+    );
     let slow_h = slow_consumer(slow, 16);
     publish_all(&bus, &insts, 2_000);
     let (got, slow) = slow_h.join().unwrap();
@@ -175,14 +210,21 @@ fn disconnect_cuts_the_slow_consumer_off_while_others_continue() {
     assert!(s.dropped_for(DropReason::Disconnected) >= 1);
     assert!((got.len() as u64) < 8_000);
     assert_eq!(s.offered(), got.len() as u64 + s.dropped());
-    assert_eq!(steady.iter().count(), 8_000, "the other subscriber got everything");
+    assert_eq!(
+        steady.iter().count(),
+        8_000,
+        "the other subscriber got everything"
+    );
 }
 
 #[test]
 fn a_lossy_consumer_is_told_what_it_missed() {
     let bus = MemoryDataBus::new();
     let insts = instruments();
-    let sub = bus.subscribe(SubscriptionFilter::all(), SubscribeOptions::new("lossy", 10, BackpressurePolicy::DropNewest));
+    let sub = bus.subscribe(
+        SubscriptionFilter::all(),
+        SubscribeOptions::new("lossy", 10, BackpressurePolicy::DropNewest),
+    );
     for seq in 1..=30 {
         bus.publish(event(&insts[0], seq));
     }
@@ -198,8 +240,14 @@ fn a_lossy_consumer_is_told_what_it_missed() {
 fn filters_select_by_type_and_instrument() {
     let bus = MemoryDataBus::new();
     let insts = instruments();
-    let eth = bus.subscribe(SubscriptionFilter::types(&[EventType::OrderbookTop]).with_instruments(&["ETH-USDT"]), SubscribeOptions::default());
-    let trades = bus.subscribe(SubscriptionFilter::types(&[EventType::Trade]), SubscribeOptions::default());
+    let eth = bus.subscribe(
+        SubscriptionFilter::types(&[EventType::OrderbookTop]).with_instruments(&["ETH-USDT"]),
+        SubscribeOptions::default(),
+    );
+    let trades = bus.subscribe(
+        SubscriptionFilter::types(&[EventType::Trade]),
+        SubscribeOptions::default(),
+    );
     publish_all(&bus, &insts, 10);
     assert_eq!(eth.iter().count(), 10);
     assert_eq!(trades.iter().count(), 0);
@@ -210,7 +258,12 @@ fn deduplicator_drops_replays() {
     let insts = instruments();
     let mut d = Deduplicator::new();
     let seqs = [1, 2, 2, 3, 1, 4, 4];
-    let fresh: Vec<u64> = seqs.iter().map(|s| event(&insts[0], *s)).filter(|e| d.is_new(e)).map(|e| e.seq).collect();
+    let fresh: Vec<u64> = seqs
+        .iter()
+        .map(|s| event(&insts[0], *s))
+        .filter(|e| d.is_new(e))
+        .map(|e| e.seq)
+        .collect();
     assert_eq!(fresh, [1, 2, 3, 4]);
     assert_eq!(d.duplicates(), 3);
     assert!(d.is_new(&event(&insts[1], 1)), "keys are per instrument");

@@ -23,6 +23,9 @@ pub enum Ingress {
     /// once everything ahead of it has been published. The control plane uses it to make a
     /// routing change effective before acknowledging it.
     Barrier(crossbeam_channel::Sender<()>),
+    /// Shutdown: the dispatcher processes what is already queued, then exits, whoever
+    /// still holds a sender (a host's frame source, say).
+    Stop,
 }
 
 impl From<RawInstance> for Ingress {

@@ -179,7 +179,9 @@ pub(crate) enum Inner {
 pub enum Delivery {
     Event(SharedEvent),
     /// `count` events were dropped since the last notice (by the subscriber's policy).
-    Missed { count: u64 },
+    Missed {
+        count: u64,
+    },
 }
 
 /// The consumer end of a subscription. Dropping it unsubscribes.
@@ -317,7 +319,10 @@ impl Deduplicator {
 
     /// True the first time an event's key is seen (and for every later `seq`).
     pub fn is_new(&mut self, e: &Event) -> bool {
-        let last = self.last.entry((e.instrument_name().to_owned(), e.event_type)).or_insert(0);
+        let last = self
+            .last
+            .entry((e.instrument_name().to_owned(), e.event_type))
+            .or_insert(0);
         if e.seq > *last {
             *last = e.seq;
             true

@@ -80,14 +80,16 @@ impl MemoryDataBus {
         stats.offered.fetch_add(1, Ordering::Relaxed);
         let ok = match (&e.sink, e.policy) {
             (Sink::Queue { tx, .. }, BackpressurePolicy::Block) => tx.send(event.clone()).is_ok(),
-            (Sink::Queue { tx, .. }, BackpressurePolicy::DropNewest) => match tx.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    stats.count_drop(DropReason::QueueFull);
-                    return true;
+            (Sink::Queue { tx, .. }, BackpressurePolicy::DropNewest) => {
+                match tx.try_send(event.clone()) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) => {
+                        stats.count_drop(DropReason::QueueFull);
+                        return true;
+                    }
+                    Err(TrySendError::Disconnected(_)) => false,
                 }
-                Err(TrySendError::Disconnected(_)) => false,
-            },
+            }
             (Sink::Queue { tx, rx }, BackpressurePolicy::DropOldest) => {
                 let mut ev = event.clone();
                 loop {
@@ -119,7 +121,10 @@ impl MemoryDataBus {
                 Err(TrySendError::Disconnected(_)) => false,
             },
             (Sink::Conflate { keys, slots }, _) => {
-                let key = (event.instrument.as_ref().map_or(u32::MAX, |i| i.id()), event.event_type);
+                let key = (
+                    event.instrument.as_ref().map_or(u32::MAX, |i| i.id()),
+                    event.event_type,
+                );
                 let replaced = slots.lock().insert(key, event.clone());
                 if replaced.is_some() {
                     stats.count_drop(DropReason::Conflated);

@@ -7,7 +7,7 @@ pub mod memory;
 
 pub use control::{ControlBus, MemoryControlBus};
 pub use data::{
-    DataBus, Deduplicator, Delivery, DropReason, SubscribeOptions, Subscription, SubscriptionFilter,
-    SubscriptionStats,
+    DataBus, Deduplicator, Delivery, DropReason, SubscribeOptions, Subscription,
+    SubscriptionFilter, SubscriptionStats,
 };
 pub use memory::MemoryDataBus;

@@ -485,10 +485,24 @@ mod tests {
         let (snap_tx, snaps) = unbounded();
         let mut cfg = Config::default().conductor;
         cfg.throttle = throttle;
-        let c = Conductor::new(cfg, shared, snap_tx, bus, Arc::new(MemorySnapshotStore::new()), stats.clone());
+        let c = Conductor::new(
+            cfg,
+            shared,
+            snap_tx,
+            bus,
+            Arc::new(MemorySnapshotStore::new()),
+            stats.clone(),
+        );
         let (tx, rx) = unbounded();
         let handle = std::thread::spawn(move || c.run(rx, WaitStrategy::Block));
-        Rig { tx, sub, stats, inst, handle, snaps }
+        Rig {
+            tx,
+            sub,
+            stats,
+            inst,
+            handle,
+            snaps,
+        }
     }
 
     fn event(inst: &Instrument, payload: Payload) -> Staged {
@@ -542,7 +556,10 @@ mod tests {
         let r = rig(Duration::ZERO);
         let i = r.inst.clone();
         r.tx.send(event(&i, diff(10, 90, 1))).unwrap();
-        assert!(r.snaps.recv_timeout(Duration::from_secs(5)).is_ok(), "snapshot requested");
+        assert!(
+            r.snaps.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "snapshot requested"
+        );
         r.tx.send(event(&i, snapshot(10))).unwrap();
         r.tx.send(event(&i, diff(11, 91, 1))).unwrap();
         r.tx.send(event(&i, diff(11, 91, 1))).unwrap(); // replayed
@@ -557,9 +574,16 @@ mod tests {
             })
             .collect();
         assert_eq!(deltas, [10, 11, 12]);
-        let seqs: Vec<u64> = events.iter().filter(|e| e.event_type == EventType::OrderbookDelta).map(|e| e.seq).collect();
+        let seqs: Vec<u64> = events
+            .iter()
+            .filter(|e| e.event_type == EventType::OrderbookDelta)
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(seqs, [1, 2, 3]);
-        assert_eq!(stats.dropped_duplicate[EventType::OrderbookDelta.index()].load(Ordering::Relaxed), 2);
+        assert_eq!(
+            stats.dropped_duplicate[EventType::OrderbookDelta.index()].load(Ordering::Relaxed),
+            2
+        );
         let keys: Vec<String> = events.iter().map(|e| e.key()).collect();
         let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
         assert_eq!(unique.len(), keys.len(), "keys are unique");

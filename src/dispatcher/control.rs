@@ -53,7 +53,8 @@ pub struct ControlPlane {
     pub table: DispatchTable,
     pub shared: SharedTable,
     pub registry: SharedRegistry,
-    pub rest: Arc<BinanceRest>,
+    /// `None` when a host feeds the engine itself: instruments are then added by name.
+    pub rest: Option<Arc<BinanceRest>>,
     pub adapter: Arc<Mutex<Option<BinanceAdapter>>>,
     pub ingress: Sender<Ingress>,
     pub pollers: Sender<Vec<(Instrument, Duration)>>,
@@ -72,7 +73,7 @@ impl ControlPlane {
         table: DispatchTable,
         shared: SharedTable,
         registry: SharedRegistry,
-        rest: Arc<BinanceRest>,
+        rest: Option<Arc<BinanceRest>>,
         adapter: Arc<Mutex<Option<BinanceAdapter>>>,
         ingress: Sender<Ingress>,
         pollers: Sender<Vec<(Instrument, Duration)>>,
@@ -156,7 +157,11 @@ impl ControlPlane {
             ControlOp::Subscribe => {
                 let mut insts = Vec::new();
                 for name in &cmd.instruments {
-                    match resolve_at_runtime(&self.rest, &self.registry, name) {
+                    let found = match &self.rest {
+                        Some(rest) => resolve_at_runtime(rest, &self.registry, name),
+                        None => add_by_name(&self.registry, name),
+                    };
+                    match found {
                         Ok(i) => insts.push(i),
                         Err(e) => {
                             self.reply(&req, AckStatus::Error, Some(e.to_string()));
@@ -341,6 +346,32 @@ impl ControlPlane {
         };
         self.bus.publish(Arc::new(event));
     }
+}
+
+/// Adds an instrument known only by its canonical name (no exchange to ask).
+fn add_by_name(
+    registry: &SharedRegistry,
+    name: &str,
+) -> Result<Instrument, crate::adapter::binance::AdapterError> {
+    if let Some(i) = registry.load().by_name(name) {
+        return Ok(i.clone());
+    }
+    let probe = Instrument::from_name(0, name)
+        .ok_or_else(|| crate::adapter::binance::AdapterError::NotListed(name.to_owned()))?;
+    let mut next = (**registry.load()).clone();
+    let info = probe.info();
+    let inst = next.insert(crate::schema::InstrumentInfo {
+        id: 0,
+        name: info.name.clone(),
+        symbol: info.symbol.clone(),
+        stream_prefix: info.stream_prefix.clone(),
+        base: info.base.clone(),
+        quote: info.quote.clone(),
+        tick_size: info.tick_size,
+        step_size: info.step_size,
+    });
+    registry.store(Arc::new(next));
+    Ok(inst)
 }
 
 /// Collects what has arrived; true when the command is complete (or failed, or timed out).

@@ -182,6 +182,23 @@ impl Dispatcher {
                         self.table = self.shared.load_full();
                         Some(Staged::Barrier(tx))
                     }
+                    Ingress::Stop => {
+                        // Everything queued ahead of the stop marker is processed; then out.
+                        while let Ok(item) = input.try_recv() {
+                            let staged = match item {
+                                Ingress::Raw(raw) => self.route(raw, &mut local),
+                                Ingress::Barrier(tx) => Some(Staged::Barrier(tx)),
+                                Ingress::Stop => None,
+                            };
+                            if let Some(staged) = staged
+                                && output.send(staged).is_err()
+                            {
+                                break;
+                            }
+                        }
+                        local.flush(&self.stats);
+                        return;
+                    }
                 };
                 if let Some(staged) = staged
                     && output.send(staged).is_err()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, bounded, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
 use self::stage::{StageFailure, Supervisor};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,9 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::adapter::binance::parse::{Frame, ParseError, parse_depth_snapshot, parse_frame};
 use crate::adapter::binance::rest::BinanceRest;
-use crate::adapter::binance::{AdapterError, BinanceAdapter, resolve_instruments};
-use crate::adapter::{AdapterCounts, AdapterStats, InstrumentRegistry, SharedRegistry};
+use crate::adapter::binance::{AdapterError, BinanceAdapter, SnapshotRequest, resolve_instruments};
+use crate::adapter::{
+    AdapterCounts, AdapterStats, Ingress, InstrumentRegistry, RawBody, RawInstance, SharedRegistry,
+};
 use crate::bus::http::{ControlHttp, HttpError, Probe};
 use crate::bus::{
     ControlBus, DataBus, MemoryControlBus, MemoryDataBus, SubscribeOptions, Subscription,
@@ -55,13 +58,25 @@ pub enum EngineError {
 pub struct EngineBuilder {
     config: Config,
     bus: Arc<MemoryDataBus>,
+    ingress: (Sender<Ingress>, Receiver<Ingress>),
+    snapshots: (Sender<SnapshotRequest>, Receiver<SnapshotRequest>),
+    registry: SharedRegistry,
+    adapter_stats: Arc<AdapterStats>,
+    /// A host feeds frames itself: no exchange connection.
+    external: bool,
 }
 
 impl EngineBuilder {
     pub fn new(config: Config) -> Self {
+        let ingress = bounded(config.bus.stage_queue);
         EngineBuilder {
             config,
             bus: Arc::new(MemoryDataBus::new()),
+            ingress,
+            snapshots: unbounded(),
+            registry: Arc::new(ArcSwap::from_pointee(InstrumentRegistry::default())),
+            adapter_stats: Arc::new(AdapterStats::default()),
+            external: false,
         }
     }
 
@@ -74,9 +89,95 @@ impl EngineBuilder {
         self.bus.subscribe(filter, options)
     }
 
-    /// Resolves instruments with the exchange and starts every stage.
+    /// The host feeds the engine itself (raw Binance frames, REST snapshots, a replay)
+    /// instead of connecting to the exchange. Instruments come from the config by name.
+    pub fn frame_source(&mut self) -> FrameSource {
+        self.external = true;
+        FrameSource {
+            tx: self.ingress.0.clone(),
+            registry: self.registry.clone(),
+            requests: self.snapshots.1.clone(),
+            stats: self.adapter_stats.clone(),
+        }
+    }
+
+    /// Resolves instruments with the exchange (unless a frame source feeds the engine) and
+    /// starts every stage.
     pub fn start(self) -> Result<Engine, EngineError> {
-        Engine::start_with(self.config, self.bus)
+        Engine::start_with(self)
+    }
+}
+
+/// Why a pushed frame was not ingested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error("the engine has stopped")]
+    Closed,
+}
+
+/// A host's way into the pipeline: frames go through the real Binance parser, then the
+/// dispatcher, conductor and bus like frames read off a socket. Cheap to clone.
+#[derive(Clone)]
+pub struct FrameSource {
+    tx: Sender<Ingress>,
+    registry: SharedRegistry,
+    requests: Receiver<SnapshotRequest>,
+    stats: Arc<AdapterStats>,
+}
+
+impl FrameSource {
+    /// Ingests one WebSocket text frame (combined-stream or raw). Replies to requests
+    /// (`{"result":…,"id":…}`) are accepted and ignored. Blocks while the pipeline is full.
+    pub fn push_frame(&self, text: &str) -> Result<(), FrameError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.frames.fetch_add(1, Relaxed);
+        match parse_frame(text, &self.registry.load(), crate::clock::mono_ns()) {
+            Ok(Frame::Instance(raw)) => {
+                self.stats.instances.fetch_add(1, Relaxed);
+                self.tx
+                    .send(Ingress::Raw(raw))
+                    .map_err(|_| FrameError::Closed)
+            }
+            Ok(Frame::Response(_)) => Ok(()),
+            Err(e) => {
+                match e {
+                    ParseError::Malformed => &self.stats.malformed,
+                    ParseError::UnknownType => &self.stats.unknown_type,
+                    ParseError::UnknownSymbol => &self.stats.unknown_symbol,
+                }
+                .fetch_add(1, Relaxed);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Ingests a `GET /api/v3/depth` response body for `instrument` (`BTC-USDT`).
+    pub fn push_depth_snapshot(&self, instrument: &str, body: &str) -> Result<(), FrameError> {
+        let inst = self
+            .registry
+            .load()
+            .by_name(instrument)
+            .cloned()
+            .ok_or(FrameError::Parse(ParseError::UnknownSymbol))?;
+        let snap = parse_depth_snapshot(body)?;
+        self.stats
+            .snapshots
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let raw = RawInstance {
+            instrument: inst,
+            ingress_ns: crate::clock::mono_ns(),
+            body: RawBody::DepthSnapshot(snap, crate::clock::wall_ms()),
+        };
+        self.tx
+            .send(Ingress::Raw(raw))
+            .map_err(|_| FrameError::Closed)
+    }
+
+    /// Snapshot requests from the conductor (a book needs a snapshot to get in sync).
+    pub fn snapshot_requests(&self) -> &Receiver<SnapshotRequest> {
+        &self.requests
     }
 }
 
@@ -122,6 +223,8 @@ pub struct Engine {
     http: Option<ControlHttp>,
     sla: SlaHistogram,
     sweeper: Option<JoinHandle<()>>,
+    /// Sends the stop marker to the dispatcher at shutdown.
+    ingress: Sender<Ingress>,
     dispatcher: Option<JoinHandle<()>>,
     conductor: Option<JoinHandle<()>>,
     started: Instant,
@@ -137,34 +240,47 @@ impl Engine {
         EngineBuilder::new(config).start()
     }
 
-    fn start_with(config: Config, bus: Arc<MemoryDataBus>) -> Result<Engine, EngineError> {
+    fn start_with(builder: EngineBuilder) -> Result<Engine, EngineError> {
+        let EngineBuilder {
+            config,
+            bus,
+            ingress: (raw_tx, raw_rx),
+            snapshots: (snap_tx, snap_rx),
+            registry,
+            adapter_stats,
+            external,
+        } = builder;
         crate::log::set_level(config.log);
         let bcfg = config.adapter.binance.clone();
-        let rest = Arc::new(BinanceRest::new(&bcfg));
-        let (registry, skipped) = resolve_with_retry(&rest, &config.instruments)?;
+        let rest = (!external).then(|| Arc::new(BinanceRest::new(&bcfg)));
+        let (resolved, skipped) = match &rest {
+            Some(rest) => resolve_with_retry(rest, &config.instruments)?,
+            None => (local_registry(&config.instruments), Vec::new()),
+        };
         crate::info!(
-            "streaming {} from {} ({})",
-            registry
+            "streaming {} from {}",
+            resolved
                 .all()
                 .iter()
                 .map(|i| i.name())
                 .collect::<Vec<_>>()
                 .join(", "),
-            bcfg.ws_url,
-            bcfg.rest_url
+            if external {
+                "a host frame source".to_owned()
+            } else {
+                format!("{} ({})", bcfg.ws_url, bcfg.rest_url)
+            }
         );
         let table =
-            DispatchTable::from_config(&config.dispatcher.routes, &registry, bcfg.trade_stream);
-        let registry: SharedRegistry = Arc::new(ArcSwap::from_pointee(registry));
+            DispatchTable::from_config(&config.dispatcher.routes, &resolved, bcfg.trade_stream);
+        registry.store(Arc::new(resolved));
         let shared_table: SharedTable = Arc::new(ArcSwap::from_pointee(table.clone()));
 
         let supervisor = Supervisor::new();
         let store = Arc::new(MemorySnapshotStore::new());
         let dispatcher_stats = Arc::new(DispatcherStats::default());
         let conductor_stats = Arc::new(ConductorStats::new(InstrumentRegistry::MAX));
-        let (raw_tx, raw_rx) = bounded(config.bus.stage_queue);
         let (staged_tx, staged_rx) = bounded(config.bus.stage_queue);
-        let (snap_tx, snap_rx) = unbounded();
         let (poll_tx, poll_rx) = unbounded();
         let wait = config.threads.wait;
         let pin = config.threads.pin.clone();
@@ -193,18 +309,21 @@ impl Engine {
                 dispatcher.run(raw_rx, staged_tx, wait)
             })
             .map_err(spawn_err("meltica-dispatcher"))?;
-        let adapter = BinanceAdapter::start(
-            bcfg,
-            registry.clone(),
-            rest.clone(),
-            raw_tx.clone(),
-            snap_rx,
-            poll_rx,
-            supervisor.clone(),
-            pin.clone(),
-        )?;
-        let adapter_stats = adapter.stats();
-        let adapter = Arc::new(Mutex::new(Some(adapter)));
+        let adapter = match &rest {
+            Some(rest) => Some(BinanceAdapter::start(
+                bcfg,
+                registry.clone(),
+                rest.clone(),
+                raw_tx.clone(),
+                snap_rx,
+                poll_rx,
+                supervisor.clone(),
+                pin.clone(),
+                adapter_stats.clone(),
+            )?),
+            None => None,
+        };
+        let adapter = Arc::new(Mutex::new(adapter));
 
         // The control plane subscribes the config's topics like any other change.
         let topics: Vec<String> = table.topics().into_iter().collect();
@@ -227,7 +346,7 @@ impl Engine {
             registry.clone(),
             rest,
             adapter.clone(),
-            raw_tx,
+            raw_tx.clone(),
             poll_tx,
             bus.clone() as Arc<dyn DataBus>,
             sla.clone(),
@@ -264,6 +383,7 @@ impl Engine {
             http: None,
             sla,
             sweeper: Some(sweeper),
+            ingress: raw_tx,
             dispatcher: Some(dispatcher),
             conductor: Some(conductor),
             started: Instant::now(),
@@ -508,6 +628,9 @@ impl Engine {
         if let Some(a) = adapter {
             a.shutdown();
         }
+        // Sources are stopped; a host's frame source may still hold a sender, so tell the
+        // dispatcher to finish what is queued and exit.
+        let _ = self.ingress.send(Ingress::Stop);
         if let Some(h) = self.dispatcher.take() {
             let _ = h.join();
         }
@@ -558,6 +681,27 @@ fn sla_summary(h: &SlaHistogram) -> SlaSummary {
         max_ms: ms(h.max()),
         within_2s: h.count_between(0, 2_000_000) as f64 / h.len() as f64,
     }
+}
+
+/// Instruments from their canonical names alone (no exchange to ask).
+fn local_registry(names: &[String]) -> InstrumentRegistry {
+    let mut r = InstrumentRegistry::default();
+    for n in names {
+        if let Some(i) = Instrument::from_name(0, n) {
+            let info = i.info();
+            r.insert(crate::schema::InstrumentInfo {
+                id: 0,
+                name: info.name.clone(),
+                symbol: info.symbol.clone(),
+                stream_prefix: info.stream_prefix.clone(),
+                base: info.base.clone(),
+                quote: info.quote.clone(),
+                tick_size: info.tick_size,
+                step_size: info.step_size,
+            });
+        }
+    }
+    r
 }
 
 fn resolve_with_retry(

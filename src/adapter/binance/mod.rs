@@ -182,8 +182,8 @@ impl BinanceAdapter {
         pollers: Receiver<Vec<(Instrument, Duration)>>,
         supervisor: Supervisor,
         pin: Vec<usize>,
+        stats: Arc<AdapterStats>,
     ) -> Result<BinanceAdapter, AdapterError> {
-        let stats = Arc::new(AdapterStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let rest_stage = RestStage {
             rest,
