@@ -25,6 +25,7 @@ fn event() -> Arc<Event> {
         ingress_ns: 0,
         latency_ns: 0,
         trace_id: TraceId::NONE,
+        span_id: 0,
         quality: Quality::Live,
     })
 }

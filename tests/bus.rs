@@ -35,6 +35,7 @@ fn event(inst: &Instrument, seq: u64) -> SharedEvent {
         ingress_ns: 0,
         latency_ns: 0,
         trace_id: TraceId::NONE,
+        span_id: 0,
         quality: Quality::Live,
     })
 }

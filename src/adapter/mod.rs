@@ -44,6 +44,15 @@ pub struct RawInstance {
     /// [`crate::clock::mono_ns`] when the frame was read.
     pub ingress_ns: u64,
     pub body: RawBody,
+    /// Set when this instance was sampled for tracing: its trace and the receive span.
+    pub trace: Option<SpanCtx>,
+}
+
+/// The trace an event belongs to and the span of the stage that handled it last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanCtx {
+    pub trace_id: crate::schema::TraceId,
+    pub span_id: u64,
 }
 
 /// The venue-typed content of a [`RawInstance`].

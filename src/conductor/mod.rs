@@ -403,6 +403,7 @@ impl Conductor {
             ingress_ns: slot.last_ingress_ns,
             latency_ns: 0,
             trace_id: slot.last_trace,
+            span_id: 0,
             quality: status,
         };
         self.emit(event);
@@ -517,6 +518,7 @@ mod tests {
                 ingress_ns: 1,
                 latency_ns: 0,
                 trace_id: TraceId::NONE,
+                span_id: 0,
                 quality: Quality::Live,
             },
             publish: true,

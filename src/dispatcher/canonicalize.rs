@@ -121,6 +121,7 @@ pub fn canonicalize(raw: RawInstance, seq: u64, trace_id: TraceId) -> Event {
         ingress_ns: raw.ingress_ns,
         latency_ns: 0,
         trace_id,
+        span_id: 0,
         quality: Quality::Live,
     }
 }

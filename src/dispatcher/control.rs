@@ -342,6 +342,7 @@ impl ControlPlane {
             ingress_ns: 0,
             latency_ns: (ack.elapsed_ms * 1e6) as u64,
             trace_id,
+            span_id: 0,
             quality: Quality::Live,
         };
         self.bus.publish(Arc::new(event));

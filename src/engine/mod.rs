@@ -169,6 +169,7 @@ impl FrameSource {
             instrument: inst,
             ingress_ns: crate::clock::mono_ns(),
             body: RawBody::DepthSnapshot(snap, crate::clock::wall_ms()),
+            trace: None,
         };
         self.tx
             .send(Ingress::Raw(raw))

@@ -278,6 +278,9 @@ pub struct Event {
     /// Ingress → publish latency, set by the publishing stage.
     pub latency_ns: u64,
     pub trace_id: TraceId,
+    /// For a sampled event, the span of the stage that handled it last (the parent of the
+    /// next stage's span); 0 when not sampled. Not part of the JSON.
+    pub span_id: u64,
     pub quality: Quality,
 }
 
@@ -545,6 +548,7 @@ mod tests {
             ingress_ns: 0,
             latency_ns: 12345,
             trace_id: TraceId::parse_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            span_id: 0,
             quality: Quality::Live,
         };
         let expected = r#"{"type":"ORDERBOOK.DELTA","source":"binance.ws.depth","ts":"2026-12-03T12:00:00.123Z","instrument":"BTC-USDT","market":"BINANCE-SPOT","seq":42,"key":"BTC-USDT:ORDERBOOK.DELTA:42","payload":{"firstUpdateId":100,"finalUpdateId":102,"bids":[["50000.01","1.5"]],"asks":[]},"latencyNs":12345,"traceId":"4bf92f3577b34da6a3ce929d0e0e4736","quality":"live"}"#;
@@ -584,6 +588,7 @@ mod tests {
                 ingress_ns: 0,
                 latency_ns: 0,
                 trace_id: TraceId::NONE,
+                span_id: 0,
                 quality: Quality::Syncing,
             };
             let v: serde_json::Value = serde_json::from_str(&ev.to_json()).unwrap();

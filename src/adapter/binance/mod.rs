@@ -404,6 +404,7 @@ impl RestStage {
                         instrument: req.instrument,
                         ingress_ns: crate::clock::mono_ns(),
                         body: RawBody::DepthSnapshot(snap, crate::clock::wall_ms()),
+                        trace: None,
                     };
                     if self.out.send(Ingress::Raw(raw)).is_err() {
                         return;

@@ -114,6 +114,7 @@ pub fn parse_frame(
             instrument: instrument.clone(),
             ingress_ns,
             body,
+            trace: None,
         }));
     }
     let head: Head = serde_json::from_str(text).map_err(|_| ParseError::Malformed)?;
@@ -134,6 +135,7 @@ pub fn parse_frame(
         instrument: instrument.clone(),
         ingress_ns,
         body,
+        trace: None,
     }))
 }
 

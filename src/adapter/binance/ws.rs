@@ -154,6 +154,7 @@ impl WsConnection {
                     instrument: i.clone(),
                     ingress_ns: clock::mono_ns(),
                     body: crate::adapter::RawBody::StreamReset,
+                    trace: None,
                 };
                 if self.out.send(Ingress::Raw(raw)).is_err() {
                     return false;
