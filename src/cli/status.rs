@@ -81,11 +81,12 @@ impl StatusView {
                 continue;
             }
             out.push_str(&format!(
-                "{:<20} ingested {:>9}  published {:>9}  filtered {:>7}  rejected {:>5}\n",
+                "{:<20} ingested {:>9}  published {:>9}  filtered {:>7}  dropped {:>5}  rejected {:>5}\n",
                 t.as_str(),
                 c.ingested[i],
                 c.published[i],
                 c.filtered[i],
+                c.dropped[i],
                 c.rejected[i]
             ));
         }

@@ -190,7 +190,33 @@ pub struct EngineCounts {
     pub filtered: [u64; EventType::COUNT],
     pub rejected: [u64; EventType::COUNT],
     pub published: [u64; EventType::COUNT],
+    /// Not published, with a reason (today: duplicate or replayed diffs).
+    pub dropped: [u64; EventType::COUNT],
+    /// Fused states replaced within a throttle window.
+    pub coalesced: u64,
     pub resyncs: u64,
+}
+
+impl EngineCounts {
+    /// Types that enter from the exchange (the conservation law applies to them).
+    pub const INGESTED_TYPES: [EventType; 5] = [
+        EventType::Ticker,
+        EventType::Trade,
+        EventType::OrderbookTop,
+        EventType::OrderbookSnapshot,
+        EventType::OrderbookDelta,
+    ];
+
+    /// `ingested − published − filtered − dropped − rejected` for a type: events in flight
+    /// while running, and exactly zero once the engine has drained.
+    pub fn unaccounted(&self, t: EventType) -> i64 {
+        let i = t.index();
+        self.ingested[i] as i64
+            - self.published[i] as i64
+            - self.filtered[i] as i64
+            - self.dropped[i] as i64
+            - self.rejected[i] as i64
+    }
 }
 
 /// Control-command latency summary, in milliseconds.
@@ -584,7 +610,14 @@ impl Engine {
             c.filtered[i] = d.filtered[i].load(Relaxed);
             c.rejected[i] = d.rejected[i].load(Relaxed);
             c.published[i] = self.conductor_stats.published_of(t);
+            c.dropped[i] = self.conductor_stats.dropped_duplicate[i].load(Relaxed);
         }
+        c.coalesced = self
+            .conductor_stats
+            .coalesced
+            .iter()
+            .map(|r| r.load(Relaxed))
+            .sum();
         c.resyncs = self
             .conductor_stats
             .resyncs
