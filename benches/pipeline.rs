@@ -38,7 +38,7 @@ fn trade_frame(sym: &str, id: u64) -> String {
         sym.to_uppercase(),
         id % 100,
         id % 1000,
-        id % 2 == 0
+        id.is_multiple_of(2)
     )
 }
 
@@ -47,7 +47,7 @@ fn depth_frame(first: u64, last: u64, k: u64) -> String {
         (0..10)
             .map(|i| {
                 let p = base + sign * ((k as i64 * 7 + i * 13) % 40);
-                let q = if (k + i as u64) % 9 == 0 {
+                let q = if (k + i as u64).is_multiple_of(9) {
                     0
                 } else {
                     1 + (k + i as u64) % 500
@@ -148,6 +148,34 @@ fn main() {
         "pipeline/replay/trade        {:>12.0} events/s   (target ≥ 1,000,000)",
         rate
     );
+
+    // 1b. The same with telemetry on, sampling 1%, exporting to a local collector.
+    let sink = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let sink_addr = sink.server_addr().to_ip().unwrap();
+    let sink = Arc::new(sink);
+    let sink_thread = {
+        let sink = sink.clone();
+        std::thread::spawn(move || {
+            for mut req in sink.incoming_requests() {
+                let mut body = Vec::new();
+                let _ = std::io::Read::read_to_end(req.as_reader(), &mut body);
+                let _ = req.respond(tiny_http::Response::empty(200));
+            }
+        })
+    };
+    let mut cfg = config(&[EventType::Trade]);
+    cfg.telemetry.endpoint = Some(format!("http://{sink_addr}"));
+    cfg.telemetry.sampling = 0.01;
+    cfg.telemetry.batch_delay = Duration::from_millis(200);
+    cfg.telemetry.metric_interval = Duration::from_secs(1);
+    let traced = replay(cfg, &frames, |_| {}, EventType::Trade, n as u64);
+    println!(
+        "pipeline/replay/trade+otel1% {:>12.0} events/s   ({:.1}% of untraced; target ≥ 90%)",
+        traced,
+        traced / rate * 100.0
+    );
+    sink.unblock();
+    let _ = sink_thread.join();
 
     // 2. Depth20 diffs, in-process, fused into a live book.
     let n = 300_000 / scale;

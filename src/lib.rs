@@ -144,6 +144,7 @@ pub mod engine;
 pub mod schema;
 pub mod simulator;
 pub mod snapshot;
+pub mod telemetry;
 
 pub use config::Config;
 pub use engine::{Engine, EngineBuilder, EngineError};

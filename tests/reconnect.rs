@@ -83,5 +83,8 @@ fn reconnects_resubscribes_and_resyncs_after_the_exchange_restarts() {
         checked += 1;
     }
     assert!(engine.failure().is_none());
-    engine.shutdown().unwrap();
+    let counts = engine.shutdown().unwrap();
+    for t in meltica::engine::EngineCounts::INGESTED_TYPES {
+        assert_eq!(counts.unaccounted(t), 0, "{t}: {counts:?}");
+    }
 }

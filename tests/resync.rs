@@ -96,5 +96,9 @@ fn a_gap_resyncs_only_the_affected_instrument() {
         }
     }
     assert!(flagged >= 1, "no delta was flagged syncing");
-    engine.shutdown().unwrap();
+    let counts = engine.shutdown().unwrap();
+    // Conservation after a run with faults: every ingested event is accounted for.
+    for t in meltica::engine::EngineCounts::INGESTED_TYPES {
+        assert_eq!(counts.unaccounted(t), 0, "{t}: {counts:?}");
+    }
 }

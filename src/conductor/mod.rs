@@ -22,6 +22,9 @@ use crate::engine::stage::{Recv, recv_until};
 use crate::schema::{Event, EventType, FusedBook, Instrument, Payload, Quality, TraceId};
 use crate::snapshot::memory::{Cell, MemorySnapshotStore};
 use crate::snapshot::{Key, StoreError};
+use crate::telemetry::pipeline::Tracing;
+use opentelemetry::KeyValue;
+use std::time::SystemTime;
 
 /// Counters of the conductor, readable from any thread.
 #[derive(Debug)]
@@ -99,8 +102,11 @@ pub struct Conductor {
     stats: Arc<ConductorStats>,
     local_published: Vec<[u64; EventType::COUNT]>,
     local_consumed: u64,
-    /// Last published `seq` per instrument id and type (index `COUNT` slot unused).
+    /// Last published `seq` per instrument id and type.
     seqs: Vec<[u64; EventType::COUNT]>,
+    tracing: Tracing,
+    rng: fastrand::Rng,
+    e2e_latency: Option<opentelemetry::metrics::Histogram<f64>>,
 }
 
 impl Conductor {
@@ -125,7 +131,25 @@ impl Conductor {
             local_published: vec![[0; EventType::COUNT]; n],
             local_consumed: 0,
             seqs: Vec::new(),
+            tracing: Tracing::off(),
+            rng: fastrand::Rng::new(),
+            e2e_latency: None,
         }
+    }
+
+    /// Records `conductor.orchestrate` and `databus.publish` spans (and the end-to-end
+    /// latency of sampled events).
+    pub fn with_tracing(mut self, tracing: Tracing) -> Self {
+        self.e2e_latency = tracing.is_enabled().then(|| {
+            tracing
+                .meter()
+                .f64_histogram("meltica.e2e.latency")
+                .with_unit("us")
+                .with_description("ingress to publish latency of sampled events")
+                .build()
+        });
+        self.tracing = tracing;
+        self
     }
 
     fn slot_index(&mut self, inst: &Instrument) -> usize {
@@ -243,8 +267,9 @@ impl Conductor {
                 return;
             }
         };
+        let started = (event.span_id != 0).then(SystemTime::now);
         let Some(inst) = event.instrument.clone() else {
-            self.emit(event);
+            self.emit(event, started);
             return;
         };
         let id = self.slot_index(&inst);
@@ -280,7 +305,7 @@ impl Conductor {
             }
         }
         if publish {
-            self.emit(event);
+            self.emit(event, started);
         } else {
             self.local_consumed += 1;
         }
@@ -406,12 +431,12 @@ impl Conductor {
             span_id: 0,
             quality: status,
         };
-        self.emit(event);
+        self.emit(event, None);
     }
 
     /// Numbers the event (gap-free per instrument and type) and publishes it.
     #[inline]
-    fn emit(&mut self, mut event: Event) {
+    fn emit(&mut self, mut event: Event, started: Option<SystemTime>) {
         if event.ingress_ns != 0 {
             event.latency_ns = clock::mono_ns().saturating_sub(event.ingress_ns);
         }
@@ -425,7 +450,46 @@ impl Conductor {
             event.seq = *seq;
             self.local_published[id][event.event_type.index()] += 1;
         }
+        let Some(started) = started else {
+            self.bus.publish(Arc::new(event));
+            return;
+        };
+        // A sampled event: conductor.orchestrate, then databus.publish, each the child of
+        // the span before it.
+        let attrs = [
+            KeyValue::new("instrument", event.instrument_name().to_owned()),
+            KeyValue::new("type", event.event_type.as_str()),
+            KeyValue::new("seq", event.seq as i64),
+            KeyValue::new("quality", event.quality.as_str()),
+        ];
+        let (trace, parent, latency) = (event.trace_id, event.span_id, event.latency_ns);
+        let now = SystemTime::now();
+        let orchestrate = self.tracing.span(
+            &mut self.rng,
+            "conductor.orchestrate",
+            trace,
+            parent,
+            started,
+            now,
+            &attrs,
+        );
+        let publish_start = SystemTime::now();
         self.bus.publish(Arc::new(event));
+        self.tracing.span(
+            &mut self.rng,
+            "databus.publish",
+            trace,
+            orchestrate,
+            publish_start,
+            SystemTime::now(),
+            &attrs,
+        );
+        if let Some(h) = &self.e2e_latency {
+            h.record(
+                latency as f64 / 1e3,
+                &[KeyValue::new("type", attrs[1].value.as_str().into_owned())],
+            );
+        }
     }
 
     fn flush_stats(&mut self) {

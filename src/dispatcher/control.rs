@@ -65,6 +65,8 @@ pub struct ControlPlane {
     pub topics: BTreeSet<String>,
     audit_seq: HashMap<Option<u32>, u64>,
     rng: fastrand::Rng,
+    tracing: crate::telemetry::pipeline::Tracing,
+    sla_metric: Option<opentelemetry::metrics::Histogram<f64>>,
 }
 
 impl ControlPlane {
@@ -96,7 +98,25 @@ impl ControlPlane {
             topics,
             audit_seq: HashMap::new(),
             rng: fastrand::Rng::new(),
+            tracing: crate::telemetry::pipeline::Tracing::off(),
+            sla_metric: None,
         }
+    }
+
+    /// Traces every command (always sampled) and exports the SLA histogram.
+    pub fn with_tracing(mut self, tracing: crate::telemetry::pipeline::Tracing) -> Self {
+        self.sla_metric = tracing.is_enabled().then(|| {
+            tracing
+                .meter()
+                .f64_histogram("meltica.control.sla")
+                .with_unit("ms")
+                .with_description(
+                    "control command to effective (exchange confirmed, table applied)",
+                )
+                .build()
+        });
+        self.tracing = tracing;
+        self
     }
 
     /// Runs until the stop flag is set or every command sender is gone.
@@ -299,6 +319,38 @@ impl ControlPlane {
             ),
         }
         self.audit(cmd, &ack);
+        if self.tracing.is_enabled() {
+            let trace = cmd
+                .trace_id
+                .as_deref()
+                .and_then(TraceId::parse_hex)
+                .unwrap_or_else(|| self.tracing.new_trace(&mut self.rng));
+            let end = std::time::SystemTime::now();
+            let start = end - req.received.elapsed();
+            self.tracing.span(
+                &mut self.rng,
+                "control.command",
+                trace,
+                0,
+                start,
+                end,
+                &[
+                    opentelemetry::KeyValue::new("command", cmd.op.as_str()),
+                    opentelemetry::KeyValue::new("type", cmd.event_type.as_str()),
+                    opentelemetry::KeyValue::new("consumer", cmd.consumer.clone()),
+                    opentelemetry::KeyValue::new("status", status.as_str()),
+                    opentelemetry::KeyValue::new("dispatch_version", ack.dispatch_version as i64),
+                ],
+            );
+            if status == AckStatus::Accepted
+                && let Some(h) = &self.sla_metric
+            {
+                h.record(
+                    ack.elapsed_ms,
+                    &[opentelemetry::KeyValue::new("command", cmd.op.as_str())],
+                );
+            }
+        }
         let _ = req.reply.send(ack);
     }
 

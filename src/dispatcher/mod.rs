@@ -18,6 +18,8 @@ use crate::adapter::{Ingress, RawBody, RawInstance};
 use crate::config::WaitStrategy;
 use crate::engine::stage::{Recv, recv_until};
 use crate::schema::{Event, EventType, Instrument, TraceId};
+use crate::telemetry::pipeline::Tracing;
+use opentelemetry::KeyValue;
 
 /// What the dispatcher hands the conductor.
 #[derive(Debug)]
@@ -80,6 +82,7 @@ pub struct Dispatcher {
     rng: fastrand::Rng,
     stats: Arc<DispatcherStats>,
     warned_unrouted: [bool; EventType::COUNT],
+    tracing: Tracing,
 }
 
 impl Dispatcher {
@@ -90,7 +93,14 @@ impl Dispatcher {
             rng: fastrand::Rng::new(),
             stats,
             warned_unrouted: [false; EventType::COUNT],
+            tracing: Tracing::off(),
         }
+    }
+
+    /// Records `dispatcher.canonicalize` spans for events sampled at the adapter.
+    pub fn with_tracing(mut self, tracing: Tracing) -> Self {
+        self.tracing = tracing;
+        self
     }
 
     pub fn table(&self) -> &DispatchTable {
@@ -151,12 +161,33 @@ impl Dispatcher {
             local.filtered[ti] += 1;
             local.internal[ti] += 1;
         }
-        let trace = TraceId::random(&mut self.rng);
-        Some(Staged::Event {
-            // `seq` is assigned by the publishing stage, so it stays gap-free.
-            event: canonicalize::canonicalize(raw, 0, trace),
-            publish,
-        })
+        let Some(ctx) = raw.trace else {
+            let trace = TraceId::random(&mut self.rng);
+            return Some(Staged::Event {
+                // `seq` is assigned by the publishing stage, so it stays gap-free.
+                event: canonicalize::canonicalize(raw, 0, trace),
+                publish,
+            });
+        };
+        // A sampled event: its trace id is the adapter's; this stage's span is its parent
+        // from here on.
+        let start = std::time::SystemTime::now();
+        let mut event = canonicalize::canonicalize(raw, 0, ctx.trace_id);
+        event.span_id = self.tracing.span(
+            &mut self.rng,
+            "dispatcher.canonicalize",
+            ctx.trace_id,
+            ctx.span_id,
+            start,
+            std::time::SystemTime::now(),
+            &[
+                KeyValue::new("instrument", event.instrument_name().to_owned()),
+                KeyValue::new("type", t.as_str()),
+                KeyValue::new("source", event.source),
+                KeyValue::new("published", publish),
+            ],
+        );
+        Some(Staged::Event { event, publish })
     }
 
     /// Runs until `input` closes and is drained; `output` closes when this returns.

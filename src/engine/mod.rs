@@ -37,6 +37,10 @@ use crate::dispatcher::control::{ControlPlane, SlaHistogram, sla_histogram};
 use crate::dispatcher::{DispatchTable, Dispatcher, DispatcherStats, SharedTable};
 use crate::schema::{EventType, Instrument, Quality};
 use crate::snapshot::{Key, MemorySnapshotStore, Record, SnapshotStore};
+use crate::telemetry::pipeline::{
+    Instruments, MetricSources, QueueProbe, Tracing, register_metrics,
+};
+use crate::telemetry::{Telemetry, TelemetryError, TelemetrySettings};
 
 /// Why the engine could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,8 @@ pub enum EngineError {
     Adapter(#[from] AdapterError),
     #[error(transparent)]
     ControlApi(#[from] HttpError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
     #[error("cannot start thread {name}: {source}")]
     Spawn {
         name: String,
@@ -252,6 +258,8 @@ pub struct Engine {
     sweeper: Option<JoinHandle<()>>,
     /// Sends the stop marker to the dispatcher at shutdown.
     ingress: Sender<Ingress>,
+    telemetry: Telemetry,
+    _instruments: Option<Instruments>,
     dispatcher: Option<JoinHandle<()>>,
     conductor: Option<JoinHandle<()>>,
     started: Instant,
@@ -278,6 +286,22 @@ impl Engine {
             external,
         } = builder;
         crate::log::set_level(config.log);
+        let t = &config.telemetry;
+        let telemetry = Telemetry::init(&TelemetrySettings {
+            endpoint: t.endpoint.clone(),
+            service_name: t.service_name.clone(),
+            disabled: t.disabled,
+            batch_delay: t.batch_delay,
+            metric_interval: t.metric_interval,
+        })?;
+        let tracing = Tracing::new(telemetry.clone(), t.sampling);
+        if telemetry.is_enabled() {
+            crate::info!(
+                "telemetry: OTLP/HTTP to {} (sampling {})",
+                t.endpoint.as_deref().unwrap_or(""),
+                t.sampling
+            );
+        }
         let bcfg = config.adapter.binance.clone();
         let rest = (!external).then(|| Arc::new(BinanceRest::new(&bcfg)));
         let (resolved, skipped) = match &rest {
@@ -308,6 +332,16 @@ impl Engine {
         let dispatcher_stats = Arc::new(DispatcherStats::default());
         let conductor_stats = Arc::new(ConductorStats::new(InstrumentRegistry::MAX));
         let (staged_tx, staged_rx) = bounded(config.bus.stage_queue);
+        let queue_probes: Vec<QueueProbe> = vec![
+            ("ingress", {
+                let rx = raw_rx.clone();
+                Box::new(move || rx.len() as u64)
+            }),
+            ("conductor", {
+                let rx = staged_rx.clone();
+                Box::new(move || rx.len() as u64)
+            }),
+        ];
         let (poll_tx, poll_rx) = unbounded();
         let wait = config.threads.wait;
         let pin = config.threads.pin.clone();
@@ -324,13 +358,15 @@ impl Engine {
             bus.clone() as Arc<dyn DataBus>,
             store.clone(),
             conductor_stats.clone(),
-        );
+        )
+        .with_tracing(tracing.clone());
         let conductor = supervisor
             .spawn("meltica-conductor".into(), core(1), move || {
                 conductor.run(staged_rx, wait)
             })
             .map_err(spawn_err("meltica-conductor"))?;
-        let dispatcher = Dispatcher::new(shared_table.clone(), dispatcher_stats.clone());
+        let dispatcher = Dispatcher::new(shared_table.clone(), dispatcher_stats.clone())
+            .with_tracing(tracing.clone());
         let dispatcher = supervisor
             .spawn("meltica-dispatcher".into(), core(0), move || {
                 dispatcher.run(raw_rx, staged_tx, wait)
@@ -347,6 +383,7 @@ impl Engine {
                 supervisor.clone(),
                 pin.clone(),
                 adapter_stats.clone(),
+                tracing.clone(),
             )?),
             None => None,
         };
@@ -378,7 +415,8 @@ impl Engine {
             bus.clone() as Arc<dyn DataBus>,
             sla.clone(),
             control_stop.clone(),
-        );
+        )
+        .with_tracing(tracing.clone());
         let control_thread = supervisor
             .spawn("meltica-control".into(), None, move || plane.run(ctl_rx))
             .map_err(spawn_err("meltica-control"))?;
@@ -392,6 +430,19 @@ impl Engine {
                 })
                 .map_err(spawn_err("meltica-sweeper"))?
         };
+        let instruments = telemetry.is_enabled().then(|| {
+            register_metrics(
+                &telemetry.meter(),
+                MetricSources {
+                    dispatcher: dispatcher_stats.clone(),
+                    conductor: conductor_stats.clone(),
+                    adapter: adapter_stats.clone(),
+                    registry: registry.clone(),
+                    table: shared_table.clone(),
+                    queues: queue_probes,
+                },
+            )
+        });
         let mut engine = Engine {
             config,
             registry,
@@ -411,6 +462,8 @@ impl Engine {
             sla,
             sweeper: Some(sweeper),
             ingress: raw_tx,
+            _instruments: instruments,
+            telemetry,
             dispatcher: Some(dispatcher),
             conductor: Some(conductor),
             started: Instant::now(),
@@ -672,6 +725,9 @@ impl Engine {
             let _ = h.join();
         }
         self.bus.close();
+        // Last: everything recorded is flushed to the collector.
+        self._instruments.take();
+        self.telemetry.shutdown();
     }
 }
 

@@ -166,6 +166,7 @@ pub struct BinanceAdapter {
     out: Sender<Ingress>,
     supervisor: Supervisor,
     pin: Vec<usize>,
+    tracing: crate::telemetry::pipeline::Tracing,
     conns: Vec<Conn>,
     rest_handle: Option<JoinHandle<()>>,
 }
@@ -183,6 +184,7 @@ impl BinanceAdapter {
         supervisor: Supervisor,
         pin: Vec<usize>,
         stats: Arc<AdapterStats>,
+        tracing: crate::telemetry::pipeline::Tracing,
     ) -> Result<BinanceAdapter, AdapterError> {
         let stop = Arc::new(AtomicBool::new(false));
         let rest_stage = RestStage {
@@ -209,6 +211,7 @@ impl BinanceAdapter {
             out,
             supervisor,
             pin,
+            tracing,
             conns: Vec::new(),
             rest_handle: Some(rest_handle),
         })
@@ -291,6 +294,7 @@ impl BinanceAdapter {
             stats: self.stats.clone(),
             tls: self.tls.clone(),
             desired: BTreeSet::new(),
+            tracing: self.tracing.clone(),
         };
         let name = format!("meltica-ws-{id}");
         let core = (!self.pin.is_empty()).then(|| self.pin[(2 + id) % self.pin.len()]);

@@ -56,6 +56,7 @@ pub(crate) struct WsConnection {
     pub stats: Arc<AdapterStats>,
     pub tls: Arc<rustls::ClientConfig>,
     pub desired: BTreeSet<String>,
+    pub tracing: crate::telemetry::pipeline::Tracing,
 }
 
 impl WsConnection {
@@ -227,6 +228,7 @@ impl WsConnection {
         let min_gap =
             Duration::from_secs(1) / self.cfg.messages_per_second.saturating_sub(1).max(1);
         let mut registry = self.registry.load_full();
+        let mut rng = fastrand::Rng::new();
         let mut last_sent: Option<Instant> = None;
         let mut last_data = Instant::now();
         let mut local = LocalStats::default();
@@ -238,6 +240,10 @@ impl WsConnection {
                     last_data = Instant::now();
                     local.frames += 1;
                     let ingress = clock::mono_ns();
+                    let sampled_at = self
+                        .tracing
+                        .sample(&mut rng)
+                        .then(std::time::SystemTime::now);
                     let mut parsed = parse_frame(text.as_str(), &registry, ingress);
                     if parsed == Err(ParseError::UnknownSymbol) {
                         // Instruments are added at runtime; look again in the newest registry.
@@ -245,8 +251,30 @@ impl WsConnection {
                         parsed = parse_frame(text.as_str(), &registry, ingress);
                     }
                     match parsed {
-                        Ok(Frame::Instance(raw)) => {
+                        Ok(Frame::Instance(mut raw)) => {
                             local.instances += 1;
+                            if let Some(start) = sampled_at {
+                                let trace = self.tracing.new_trace(&mut rng);
+                                let span = self.tracing.span(
+                                    &mut rng,
+                                    "adapter.receive",
+                                    trace,
+                                    0,
+                                    start,
+                                    std::time::SystemTime::now(),
+                                    &[
+                                        opentelemetry::KeyValue::new(
+                                            "instrument",
+                                            raw.instrument.name().to_owned(),
+                                        ),
+                                        opentelemetry::KeyValue::new("connection", self.id as i64),
+                                    ],
+                                );
+                                raw.trace = Some(crate::adapter::SpanCtx {
+                                    trace_id: trace,
+                                    span_id: span,
+                                });
+                            }
                             if self.out.send(Ingress::Raw(raw)).is_err() {
                                 local.flush(&self.stats);
                                 return SessionEnd::Stopped;
