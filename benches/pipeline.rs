@@ -23,8 +23,10 @@ const SYMBOLS: [(&str, &str); 4] = [
 ];
 
 fn config(types: &[EventType]) -> Config {
-    let mut c = Config::default();
-    c.instruments = SYMBOLS.iter().map(|(_, n)| n.to_string()).collect();
+    let mut c = Config {
+        instruments: SYMBOLS.iter().map(|(_, n)| n.to_string()).collect(),
+        ..Config::default()
+    };
     c.dispatcher.routes = types.iter().map(|t| RouteConfig::for_type(*t)).collect();
     c.control.addr = None;
     c.log = LogLevel::Warn;
