@@ -103,6 +103,144 @@ fn replay(
     n as f64 / done.duration_since(start).as_secs_f64()
 }
 
+/// The same stage functions (parse, dispatcher, conductor, bus) wired with tokio mpsc
+/// channels and async tasks on a 2-worker runtime: the alternative a user would pick.
+/// Frames are pushed from a plain thread (as a socket reader would) at `pace` per second,
+/// or as fast as possible when `pace` is 0. Returns events/s and the latency histogram.
+fn tokio_pipeline(frames: &[String], pace: u64) -> (f64, Histogram<u64>) {
+    use meltica::adapter::InstrumentRegistry;
+    use meltica::adapter::binance::parse::{Frame, parse_frame};
+    use meltica::bus::{DataBus, MemoryDataBus};
+    use meltica::conductor::{Conductor, ConductorStats};
+    use meltica::dispatcher::{DispatchTable, Dispatcher, DispatcherStats};
+    use meltica::schema::{Instrument, InstrumentInfo};
+    use meltica::snapshot::MemorySnapshotStore;
+
+    let mut reg = InstrumentRegistry::default();
+    for (_, name) in SYMBOLS {
+        let i = Instrument::from_name(0, name).unwrap();
+        let f = i.info();
+        reg.insert(InstrumentInfo {
+            id: 0,
+            name: f.name.clone(),
+            symbol: f.symbol.clone(),
+            stream_prefix: f.stream_prefix.clone(),
+            base: f.base.clone(),
+            quote: f.quote.clone(),
+            tick_size: f.tick_size,
+            step_size: f.step_size,
+        });
+    }
+    let cfg = config(&[EventType::Trade]);
+    let table = DispatchTable::from_config(
+        &cfg.dispatcher.routes,
+        &reg,
+        cfg.adapter.binance.trade_stream,
+    );
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(table));
+    let reg = Arc::new(reg);
+    let bus = Arc::new(MemoryDataBus::new());
+    let sub = bus.subscribe(
+        SubscriptionFilter::types(&[EventType::Trade]),
+        SubscribeOptions::new("bench", 1 << 16, BackpressurePolicy::Block),
+    );
+    let mut dispatcher = Dispatcher::new(shared.clone(), Arc::new(DispatcherStats::default()));
+    let (snap_tx, _snap_rx) = crossbeam_channel::unbounded();
+    let mut conductor = Conductor::new(
+        cfg.conductor.clone(),
+        shared,
+        snap_tx,
+        bus.clone() as Arc<dyn DataBus>,
+        Arc::new(MemorySnapshotStore::new()),
+        Arc::new(ConductorStats::new(8)),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel(65_536);
+    let (staged_tx, mut staged_rx) = tokio::sync::mpsc::channel(65_536);
+    rt.spawn(async move {
+        while let Some(raw) = raw_rx.recv().await {
+            if let Some(staged) = dispatcher.process(raw)
+                && staged_tx.send(staged).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    let done = rt.spawn(async move {
+        while let Some(staged) = staged_rx.recv().await {
+            conductor.process(staged);
+        }
+        conductor.finish();
+    });
+    let expect = frames.len() as u64;
+    let consumer = std::thread::spawn(move || {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+        let mut n = 0;
+        while n < expect {
+            let Some(e) = sub.recv() else { break };
+            h.record(e.latency_ns.max(1)).unwrap();
+            n += 1;
+        }
+        (h, Instant::now())
+    });
+    let start = Instant::now();
+    for (i, f) in frames.iter().enumerate() {
+        if pace > 0 {
+            let due = start + Duration::from_nanos(1_000_000_000 / pace * i as u64);
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+        }
+        if let Ok(Frame::Instance(raw)) = parse_frame(f, &reg, meltica::clock::mono_ns()) {
+            raw_tx.blocking_send(raw).unwrap();
+        }
+    }
+    drop(raw_tx);
+    let (h, end) = consumer.join().unwrap();
+    rt.block_on(done).unwrap();
+    bus.close();
+    (expect as f64 / end.duration_since(start).as_secs_f64(), h)
+}
+
+/// The meltica pipeline at `pace` events/s (0: as fast as possible); returns the rate and
+/// the latency histogram.
+fn meltica_paced(cfg: Config, frames: &[String], pace: u64) -> (f64, Histogram<u64>) {
+    let mut builder = Engine::builder(cfg);
+    let source = builder.frame_source();
+    let sub = builder.subscribe(
+        SubscriptionFilter::types(&[EventType::Trade]),
+        SubscribeOptions::new("bench", 1 << 16, BackpressurePolicy::Block),
+    );
+    let engine = builder.start().unwrap();
+    let expect = frames.len() as u64;
+    let consumer = std::thread::spawn(move || {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+        let mut n = 0;
+        while n < expect {
+            let Some(e) = sub.recv() else { break };
+            h.record(e.latency_ns.max(1)).unwrap();
+            n += 1;
+        }
+        (h, Instant::now())
+    });
+    let start = Instant::now();
+    for (i, f) in frames.iter().enumerate() {
+        if pace > 0 {
+            let due = start + Duration::from_nanos(1_000_000_000 / pace * i as u64);
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+        }
+        source.push_frame(f).unwrap();
+    }
+    let (h, end) = consumer.join().unwrap();
+    engine.shutdown().unwrap();
+    (expect as f64 / end.duration_since(start).as_secs_f64(), h)
+}
+
 fn hiccups(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Histogram<u64>> {
     std::thread::spawn(move || {
         let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
@@ -236,43 +374,53 @@ fn main() {
         (f1 - f0) as f64 / (t1 - t0).as_secs_f64()
     );
 
-    // 4. Latency at a paced 10k events/s, beside the machine's own hiccups.
-    let mut builder = Engine::builder(config(&[EventType::Trade]));
-    let source = builder.frame_source();
-    let sub = builder.subscribe(
-        SubscriptionFilter::types(&[EventType::Trade]),
-        SubscribeOptions::default(),
-    );
-    let engine = builder.start().unwrap();
+    // 4. Latency at a paced 10k events/s, beside the machine's own hiccups, and the same
+    //    stages on tokio; then the low-jitter knobs.
+    let secs = if quick { 1 } else { 5 };
+    let paced: Vec<String> = (0..10_000 * secs as u64)
+        .map(|i| trade_frame(SYMBOLS[(i % 4) as usize].0, i))
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let hic = hiccups(stop.clone());
-    let secs = if quick { 1 } else { 5 };
-    let total = 10_000 * secs;
-    let consumer = std::thread::spawn(move || {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
-        for _ in 0..total {
-            let Some(e) = sub.recv() else { break };
-            h.record(e.latency_ns.max(1)).unwrap();
-        }
-        h
-    });
-    let start = Instant::now();
-    for i in 0..total as u64 {
-        let due = start + Duration::from_micros(100 * i);
-        while Instant::now() < due {
-            std::hint::spin_loop();
-        }
-        source
-            .push_frame(&trade_frame(SYMBOLS[(i % 4) as usize].0, i))
-            .unwrap();
-    }
-    let lat = consumer.join().unwrap();
+    let (_, lat) = meltica_paced(config(&[EventType::Trade]), &paced, 10_000);
+    let (_, tok_lat) = tokio_pipeline(&paced, 10_000);
     stop.store(true, Ordering::Relaxed);
     let hic = hic.join().unwrap();
-    engine.shutdown().unwrap();
     println!(
         "pipeline/latency@10k/s       {}   (target p50 ≤ 50 µs, p99 ≤ 500 µs, p99.9 ≤ 5 ms)",
         pct(&lat)
     );
+    println!("tokio/latency@10k/s          {}", pct(&tok_lat));
     println!("machine hiccups (100 µs sleep overshoot) {}", pct(&hic));
+    let n = 1_000_000 / scale;
+    let frames: Vec<String> = (0..n as u64)
+        .map(|i| trade_frame(SYMBOLS[(i % 4) as usize].0, i))
+        .collect();
+    let (tok_rate, _) = tokio_pipeline(&frames, 0);
+    let (mel_rate, _) = meltica_paced(config(&[EventType::Trade]), &frames, 0);
+    println!(
+        "vs tokio: throughput {:.0} vs {:.0} events/s = {:.2}x (target ≥ 1.5x); p99 at 10k/s {:.1} vs {:.1} µs = {:.2}x lower (target ≥ 3x)",
+        mel_rate,
+        tok_rate,
+        mel_rate / tok_rate,
+        lat.value_at_quantile(0.99) as f64 / 1e3,
+        tok_lat.value_at_quantile(0.99) as f64 / 1e3,
+        tok_lat.value_at_quantile(0.99) as f64 / lat.value_at_quantile(0.99).max(1) as f64
+    );
+    // Knobs: busy-spin waits and core pinning (a 2-core machine has no spare core for them).
+    let mut spin = config(&[EventType::Trade]);
+    spin.threads.wait = meltica::config::WaitStrategy::Spin;
+    let (_, spin_lat) = meltica_paced(spin, &paced, 10_000);
+    println!("knob wait=spin latency@10k/s {}", pct(&spin_lat));
+    let mut pinned = config(&[EventType::Trade]);
+    pinned.threads.pin = vec![0, 1];
+    let (_, pin_lat) = meltica_paced(pinned, &paced, 10_000);
+    println!("knob pin=[0,1] latency@10k/s {}", pct(&pin_lat));
+    let mut small = config(&[EventType::Trade]);
+    small.bus.stage_queue = 1024;
+    let (small_rate, _) = meltica_paced(small, &frames, 0);
+    println!(
+        "knob stage_queue=1024        {:>12.0} events/s (default 65536: {:.0})",
+        small_rate, mel_rate
+    );
 }

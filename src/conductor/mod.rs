@@ -240,6 +240,19 @@ impl Conductor {
         self.flush_stats();
     }
 
+    /// One step of the stage, for hosts that drive it themselves (benchmarks, other
+    /// runtimes): handles one staged event and runs the timers. Counters are flushed by
+    /// [`Conductor::finish`].
+    pub fn process(&mut self, staged: Staged) {
+        self.handle(staged);
+    }
+
+    /// Publishes pending fused books and flushes counters.
+    pub fn finish(&mut self) {
+        self.timers(Instant::now());
+        self.flush_stats();
+    }
+
     fn next_deadline(&self, now: Instant) -> Option<Instant> {
         self.slots
             .iter()

@@ -103,6 +103,15 @@ impl Dispatcher {
         self
     }
 
+    /// One step of the stage, for hosts that drive it themselves (benchmarks, other
+    /// runtimes): routes one raw instance and flushes the counters.
+    pub fn process(&mut self, raw: RawInstance) -> Option<Staged> {
+        let mut local = Local::default();
+        let out = self.route(raw, &mut local);
+        local.flush(&self.stats);
+        out
+    }
+
     pub fn table(&self) -> &DispatchTable {
         &self.table
     }
