@@ -188,8 +188,8 @@ fn tokio_pipeline(frames: &[String], pace: u64) -> (f64, Histogram<u64>) {
     });
     let start = Instant::now();
     for (i, f) in frames.iter().enumerate() {
-        if pace > 0 {
-            let due = start + Duration::from_nanos(1_000_000_000 / pace * i as u64);
+        if let Some(step) = 1_000_000_000u64.checked_div(pace) {
+            let due = start + Duration::from_nanos(step * i as u64);
             while Instant::now() < due {
                 std::hint::spin_loop();
             }
@@ -228,8 +228,8 @@ fn meltica_paced(cfg: Config, frames: &[String], pace: u64) -> (f64, Histogram<u
     });
     let start = Instant::now();
     for (i, f) in frames.iter().enumerate() {
-        if pace > 0 {
-            let due = start + Duration::from_nanos(1_000_000_000 / pace * i as u64);
+        if let Some(step) = 1_000_000_000u64.checked_div(pace) {
+            let due = start + Duration::from_nanos(step * i as u64);
             while Instant::now() < due {
                 std::hint::spin_loop();
             }
