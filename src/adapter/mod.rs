@@ -62,7 +62,7 @@ pub enum RawBody {
     Trade(BinanceTrade),
     AggTrade(BinanceAggTrade),
     BookTicker(BinanceBookTicker),
-    Ticker(Box<BinanceTicker>),
+    Ticker(BinanceTicker),
     /// A REST depth snapshot, with the wall time it was received.
     DepthSnapshot(BinanceDepthSnapshot, i64),
     /// The connection carrying this instrument's diffs was re-established: diffs were

@@ -107,7 +107,13 @@ pub struct Conductor {
     tracing: Tracing,
     rng: fastrand::Rng,
     e2e_latency: Option<opentelemetry::metrics::Histogram<f64>>,
+    /// Published events, oldest first. Once every consumer has dropped one, its
+    /// allocation is reused for a new event: steady-state publishing does not allocate.
+    recycle: std::collections::VecDeque<Arc<Event>>,
 }
+
+/// How many published events are kept for reuse.
+const RECYCLE: usize = 4096;
 
 impl Conductor {
     pub fn new(
@@ -134,6 +140,7 @@ impl Conductor {
             tracing: Tracing::off(),
             rng: fastrand::Rng::new(),
             e2e_latency: None,
+            recycle: std::collections::VecDeque::with_capacity(RECYCLE),
         }
     }
 
@@ -464,7 +471,8 @@ impl Conductor {
             self.local_published[id][event.event_type.index()] += 1;
         }
         let Some(started) = started else {
-            self.bus.publish(Arc::new(event));
+            let shared = self.share(event);
+            self.bus.publish(shared);
             return;
         };
         // A sampled event: conductor.orchestrate, then databus.publish, each the child of
@@ -487,7 +495,8 @@ impl Conductor {
             &attrs,
         );
         let publish_start = SystemTime::now();
-        self.bus.publish(Arc::new(event));
+        let shared = self.share(event);
+        self.bus.publish(shared);
         self.tracing.span(
             &mut self.rng,
             "databus.publish",
@@ -503,6 +512,26 @@ impl Conductor {
                 &[KeyValue::new("type", attrs[1].value.as_str().into_owned())],
             );
         }
+    }
+
+    /// Wraps an event for publishing, reusing the allocation of the oldest published event
+    /// when no consumer holds it any more.
+    #[inline]
+    fn share(&mut self, event: Event) -> Arc<Event> {
+        let shared = match self.recycle.front_mut().and_then(Arc::get_mut) {
+            Some(slot) => {
+                *slot = event;
+                self.recycle.pop_front().expect("front exists")
+            }
+            None => {
+                if self.recycle.len() >= RECYCLE {
+                    self.recycle.pop_front();
+                }
+                Arc::new(event)
+            }
+        };
+        self.recycle.push_back(shared.clone());
+        shared
     }
 
     fn flush_stats(&mut self) {

@@ -79,7 +79,7 @@ pub fn canonicalize(raw: RawInstance, seq: u64, trace_id: TraceId) -> Event {
         ),
         RawBody::Ticker(t) => (
             t.event_time,
-            Payload::Ticker(Box::new(Ticker {
+            Payload::Ticker(Ticker {
                 last_price: t.last_price,
                 last_qty: t.last_qty,
                 price_change: t.price_change,
@@ -99,7 +99,7 @@ pub fn canonicalize(raw: RawInstance, seq: u64, trace_id: TraceId) -> Event {
                 first_trade_id: t.first_trade_id,
                 last_trade_id: t.last_trade_id,
                 trade_count: t.trade_count,
-            })),
+            }),
         ),
         RawBody::StreamReset => (clock::wall_ms(), Payload::Snapshot(BookSnapshot::default())),
         RawBody::DepthSnapshot(s, received_ms) => (

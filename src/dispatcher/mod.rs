@@ -21,8 +21,10 @@ use crate::schema::{Event, EventType, Instrument, TraceId};
 use crate::telemetry::pipeline::Tracing;
 use opentelemetry::KeyValue;
 
-/// What the dispatcher hands the conductor.
+/// What the dispatcher hands the conductor. Events travel by value through the bounded
+/// channel's preallocated slots; boxing them would cost an allocation per event.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Staged {
     /// A canonical event. `publish` is false for book input that no consumer asked for but
     /// the conductor needs (diffs and snapshots feeding a fused book).

@@ -236,7 +236,7 @@ pub struct ControlUpdate {
 /// Type-specific content of an event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Payload {
-    Ticker(Box<Ticker>),
+    Ticker(Ticker),
     Trade(Trade),
     Top(BookTop),
     Snapshot(BookSnapshot),
@@ -560,7 +560,7 @@ mod tests {
     fn every_payload_is_valid_json() {
         let inst = Instrument::from_name(0, "ETH-USDT");
         let payloads = vec![
-            Payload::Ticker(Box::default()),
+            Payload::Ticker(Ticker::default()),
             Payload::Trade(Trade {
                 agg_range: Some((1, 3)),
                 ..Trade::default()

@@ -147,7 +147,7 @@ pub fn parse_body(kind: StreamKind, data: &str) -> Result<RawBody, ParseError> {
         StreamKind::Trade => RawBody::Trade(serde_json::from_str(data).map_err(m)?),
         StreamKind::AggTrade => RawBody::AggTrade(serde_json::from_str(data).map_err(m)?),
         StreamKind::BookTicker => RawBody::BookTicker(serde_json::from_str(data).map_err(m)?),
-        StreamKind::Ticker => RawBody::Ticker(Box::new(serde_json::from_str(data).map_err(m)?)),
+        StreamKind::Ticker => RawBody::Ticker(serde_json::from_str(data).map_err(m)?),
     })
 }
 
