@@ -103,6 +103,21 @@ pub fn parse_frame(
     registry: &InstrumentRegistry,
     ingress_ns: u64,
 ) -> Result<Frame, ParseError> {
+    if let Some((stream, data)) = split_combined(text) {
+        // Binance's exact envelope: the stream name and the data object are sliced out
+        // without a first JSON pass, so the data is parsed once, straight into its type.
+        let (prefix, kind) = StreamKind::of_stream(stream).ok_or(ParseError::UnknownType)?;
+        let instrument = registry
+            .by_stream_prefix(prefix)
+            .ok_or(ParseError::UnknownSymbol)?;
+        let body = parse_body(kind, data)?;
+        return Ok(Frame::Instance(RawInstance {
+            instrument: instrument.clone(),
+            ingress_ns,
+            body,
+            trace: None,
+        }));
+    }
     if text.starts_with("{\"stream\"") {
         let c: Combined = serde_json::from_str(text).map_err(|_| ParseError::Malformed)?;
         let (prefix, kind) = StreamKind::of_stream(c.stream).ok_or(ParseError::UnknownType)?;
@@ -137,6 +152,25 @@ pub fn parse_frame(
         body,
         trace: None,
     }))
+}
+
+/// Splits `{"stream":"<name>","data":<object>}` (exactly Binance's layout, no whitespace)
+/// into the name and the data text. `None` for anything else; the general path handles it.
+#[inline]
+fn split_combined(text: &str) -> Option<(&str, &str)> {
+    const HEAD: &str = "{\"stream\":\"";
+    const MID: &str = "\",\"data\":";
+    let rest = text.strip_prefix(HEAD)?;
+    let end = rest
+        .as_bytes()
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\')?;
+    if rest.as_bytes()[end] != b'"' {
+        return None;
+    }
+    let (stream, after) = rest.split_at(end);
+    let data = after.strip_prefix(MID)?.strip_suffix('}')?;
+    data.starts_with('{').then_some((stream, data))
 }
 
 /// Parses the data object of a stream of `kind`.
