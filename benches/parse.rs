@@ -1,5 +1,6 @@
 //! Measures `parse_frame` on combined-stream frames (trade, bookTicker, depth diff with 20
-//! levels per side), beside a plain `serde_json::Value` parse of the same bytes.
+//! levels per side) — serde_json into borrowed typed structs — beside sonic-rs into the same
+//! typed structs, and a plain `serde_json::Value` parse of the same bytes.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use meltica::adapter::InstrumentRegistry;
@@ -57,6 +58,29 @@ fn bench(c: &mut Criterion) {
         assert!(parse_frame(frame, &reg, 0).is_ok(), "{name}");
         g.bench_function(format!("meltica/{name}"), |b| {
             b.iter(|| parse_frame(black_box(frame), &reg, 0).unwrap())
+        });
+        let data = &frame[frame.find(",\"data\":").unwrap() + 8..frame.len() - 1];
+        g.bench_function(format!("sonic_rs_typed/{name}"), |b| {
+            b.iter(|| match *name {
+                "trade" => {
+                    black_box(
+                        sonic_rs::from_str::<meltica::adapter::BinanceTrade>(black_box(data))
+                            .unwrap(),
+                    );
+                }
+                "bookTicker" => {
+                    black_box(
+                        sonic_rs::from_str::<meltica::adapter::BinanceBookTicker>(black_box(data))
+                            .unwrap(),
+                    );
+                }
+                _ => {
+                    black_box(
+                        sonic_rs::from_str::<meltica::adapter::BinanceDepthUpdate>(black_box(data))
+                            .unwrap(),
+                    );
+                }
+            })
         });
         g.bench_function(format!("serde_json_value/{name}"), |b| {
             b.iter(|| serde_json::from_str::<serde_json::Value>(black_box(frame)).unwrap())
