@@ -58,54 +58,73 @@ impl Decimal {
     }
 
     /// Same as [`Decimal::parse`] on raw bytes.
+    #[inline]
     pub fn parse_bytes(b: &[u8]) -> Result<Self, DecimalError> {
+        const POW10: [u64; 9] = [
+            1,
+            10,
+            100,
+            1_000,
+            10_000,
+            100_000,
+            1_000_000,
+            10_000_000,
+            100_000_000,
+        ];
         let (neg, digits) = match b.first() {
             None => return Err(DecimalError::Empty),
             Some(b'-') => (true, &b[1..]),
             Some(b'+') => (false, &b[1..]),
             Some(_) => (false, b),
         };
-        if digits.is_empty() {
+        let (int_part, frac_part) = match digits.iter().position(|&c| c == b'.') {
+            Some(i) => (&digits[..i], Some(&digits[i + 1..])),
+            None => (digits, None),
+        };
+        if int_part.is_empty() && frac_part.is_none_or(|f| f.is_empty()) {
             return Err(DecimalError::Empty);
         }
-        let mut int: i64 = 0;
-        let mut frac: i64 = 0;
-        let mut frac_digits: u32 = 0;
-        let mut seen_dot = false;
-        let mut seen_digit = false;
-        for &c in digits {
-            match c {
-                b'0'..=b'9' => {
-                    seen_digit = true;
-                    let d = i64::from(c - b'0');
-                    if seen_dot {
-                        if frac_digits == SCALE_DIGITS {
-                            if d != 0 {
-                                return Err(DecimalError::TooPrecise);
-                            }
-                            continue;
-                        }
-                        frac = frac * 10 + d;
-                        frac_digits += 1;
-                    } else {
-                        int = int
-                            .checked_mul(10)
-                            .and_then(|v| v.checked_add(d))
-                            .ok_or(DecimalError::Overflow)?;
-                    }
-                }
-                b'.' if !seen_dot => seen_dot = true,
-                _ => return Err(DecimalError::InvalidChar),
+        // Integer part: at most 19 digits fit a u64 without overflow checks per digit.
+        if int_part.len() > 19 {
+            return Err(if int_part.iter().all(u8::is_ascii_digit) {
+                DecimalError::Overflow
+            } else {
+                DecimalError::InvalidChar
+            });
+        }
+        let mut int: u64 = 0;
+        for &c in int_part {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                return Err(DecimalError::InvalidChar);
             }
+            int = int * 10 + u64::from(d);
         }
-        if !seen_digit {
-            return Err(DecimalError::Empty);
+        let mut frac: u64 = 0;
+        if let Some(f) = frac_part {
+            let (kept, extra) = f.split_at(f.len().min(SCALE_DIGITS as usize));
+            for &c in kept {
+                let d = c.wrapping_sub(b'0');
+                if d > 9 {
+                    return Err(DecimalError::InvalidChar);
+                }
+                frac = frac * 10 + u64::from(d);
+            }
+            // Digits past the eighth are accepted only as trailing zeros.
+            for &c in extra {
+                match c {
+                    b'0' => {}
+                    b'1'..=b'9' => return Err(DecimalError::TooPrecise),
+                    _ => return Err(DecimalError::InvalidChar),
+                }
+            }
+            frac *= POW10[SCALE_DIGITS as usize - kept.len()];
         }
-        let frac = frac * 10i64.pow(SCALE_DIGITS - frac_digits);
         let raw = int
-            .checked_mul(SCALE)
+            .checked_mul(SCALE as u64)
             .and_then(|v| v.checked_add(frac))
-            .ok_or(DecimalError::Overflow)?;
+            .filter(|v| *v <= i64::MAX as u64)
+            .ok_or(DecimalError::Overflow)? as i64;
         Ok(Decimal(if neg { -raw } else { raw }))
     }
 
