@@ -189,9 +189,12 @@ fn tokio_pipeline(frames: &[String], pace: u64) -> (f64, Histogram<u64>) {
     let start = Instant::now();
     for (i, f) in frames.iter().enumerate() {
         if let Some(step) = 1_000_000_000u64.checked_div(pace) {
+            // Sleep, like a socket thread blocked in read: a spinning pacer would hold a
+            // core that the stages need.
             let due = start + Duration::from_nanos(step * i as u64);
-            while Instant::now() < due {
-                std::hint::spin_loop();
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
             }
         }
         if let Ok(Frame::Instance(raw)) = parse_frame(f, &reg, meltica::clock::mono_ns()) {
@@ -229,9 +232,12 @@ fn meltica_paced(cfg: Config, frames: &[String], pace: u64) -> (f64, Histogram<u
     let start = Instant::now();
     for (i, f) in frames.iter().enumerate() {
         if let Some(step) = 1_000_000_000u64.checked_div(pace) {
+            // Sleep, like a socket thread blocked in read: a spinning pacer would hold a
+            // core that the stages need.
             let due = start + Duration::from_nanos(step * i as u64);
-            while Instant::now() < due {
-                std::hint::spin_loop();
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
             }
         }
         source.push_frame(f).unwrap();

@@ -101,6 +101,8 @@ pub struct Conductor {
     bus: Arc<dyn DataBus>,
     stats: Arc<ConductorStats>,
     local_published: Vec<[u64; EventType::COUNT]>,
+    /// Instrument ids with unflushed counts, so a flush touches only those.
+    touched: Vec<u32>,
     local_consumed: u64,
     /// Last published `seq` per instrument id and type.
     seqs: Vec<[u64; EventType::COUNT]>,
@@ -135,6 +137,7 @@ impl Conductor {
             bus,
             stats,
             local_published: vec![[0; EventType::COUNT]; n],
+            touched: Vec::with_capacity(64),
             local_consumed: 0,
             seqs: Vec::new(),
             tracing: Tracing::off(),
@@ -468,7 +471,11 @@ impl Conductor {
             let seq = &mut self.seqs[id][event.event_type.index()];
             *seq += 1;
             event.seq = *seq;
-            self.local_published[id][event.event_type.index()] += 1;
+            let counts = &mut self.local_published[id];
+            if counts.iter().all(|c| *c == 0) {
+                self.touched.push(id as u32);
+            }
+            counts[event.event_type.index()] += 1;
         }
         let Some(started) = started else {
             let shared = self.share(event);
@@ -535,8 +542,9 @@ impl Conductor {
     }
 
     fn flush_stats(&mut self) {
-        for (local, shared) in self.local_published.iter_mut().zip(&self.stats.published) {
-            for (l, s) in local.iter_mut().zip(shared) {
+        for id in self.touched.drain(..) {
+            let local = &mut self.local_published[id as usize];
+            for (l, s) in local.iter_mut().zip(&self.stats.published[id as usize]) {
                 if *l != 0 {
                     s.fetch_add(*l, Ordering::Relaxed);
                     *l = 0;
