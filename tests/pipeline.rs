@@ -208,3 +208,23 @@ fn an_unlisted_instrument_is_skipped_while_the_rest_runs() {
     assert_eq!(ev.instrument_name(), "BTC-USDT");
     engine.shutdown().unwrap();
 }
+
+#[test]
+fn deltas_alone_get_a_live_book() {
+    // Routing ORDERBOOK.DELTA without ANALYTICS.FUSED still syncs the book, so deltas are
+    // flagged `live` once it is provably in sync (the snapshot reaches the conductor).
+    let sim = support::simulator(50);
+    let mut cfg = support::config_for(&sim);
+    cfg.dispatcher.routes = vec![meltica::config::RouteConfig::for_type(
+        EventType::OrderbookDelta,
+    )];
+    let builder = Engine::builder(cfg);
+    let deltas = builder.subscribe(
+        SubscriptionFilter::types(&[EventType::OrderbookDelta]),
+        SubscribeOptions::default(),
+    );
+    let engine = builder.start().unwrap();
+    let live = deltas.iter().take(2000).any(|e| e.quality == Quality::Live);
+    assert!(live, "no delta was ever flagged live");
+    engine.shutdown().unwrap();
+}

@@ -135,7 +135,7 @@ impl Dispatcher {
         let book_input = matches!(
             raw.body,
             RawBody::DepthUpdate(_) | RawBody::DepthSnapshot(..)
-        ) && self.table.fuses(id);
+        ) && self.table.needs_book(id);
         if !routed && !book_input {
             // An event the table has no route for: rejected, never silently dropped.
             local.rejected[ti] += 1;
