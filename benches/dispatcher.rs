@@ -12,23 +12,12 @@ use meltica::adapter::binance::parse::{Frame, parse_frame};
 use meltica::adapter::{InstrumentRegistry, RawInstance};
 use meltica::config::{FilterConfig, FilterOp, RouteConfig, TradeStream};
 use meltica::dispatcher::{DispatchTable, Dispatcher, DispatcherStats};
-use meltica::schema::{EventType, Instrument, InstrumentInfo};
+use meltica::schema::{EventType, InstrumentInfo};
 
 fn registry() -> InstrumentRegistry {
     let mut r = InstrumentRegistry::default();
     for n in ["BTC-USDT", "ETH-USDT"] {
-        let i = Instrument::from_name(0, n).unwrap();
-        let f = i.info();
-        r.insert(InstrumentInfo {
-            id: 0,
-            name: f.name.clone(),
-            symbol: f.symbol.clone(),
-            stream_prefix: f.stream_prefix.clone(),
-            base: f.base.clone(),
-            quote: f.quote.clone(),
-            tick_size: f.tick_size,
-            step_size: f.step_size,
-        });
+        r.insert(InstrumentInfo::named(n).unwrap());
     }
     r
 }

@@ -113,23 +113,12 @@ fn tokio_pipeline(frames: &[String], pace: u64) -> (f64, Histogram<u64>) {
     use meltica::bus::{DataBus, MemoryDataBus};
     use meltica::conductor::{Conductor, ConductorStats};
     use meltica::dispatcher::{DispatchTable, Dispatcher, DispatcherStats};
-    use meltica::schema::{Instrument, InstrumentInfo};
+    use meltica::schema::InstrumentInfo;
     use meltica::snapshot::MemorySnapshotStore;
 
     let mut reg = InstrumentRegistry::default();
     for (_, name) in SYMBOLS {
-        let i = Instrument::from_name(0, name).unwrap();
-        let f = i.info();
-        reg.insert(InstrumentInfo {
-            id: 0,
-            name: f.name.clone(),
-            symbol: f.symbol.clone(),
-            stream_prefix: f.stream_prefix.clone(),
-            base: f.base.clone(),
-            quote: f.quote.clone(),
-            tick_size: f.tick_size,
-            step_size: f.step_size,
-        });
+        reg.insert(InstrumentInfo::named(name).unwrap());
     }
     let cfg = config(&[EventType::Trade]);
     let table = DispatchTable::from_config(

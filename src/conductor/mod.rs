@@ -580,18 +580,7 @@ mod tests {
 
     fn rig(throttle: Duration) -> Rig {
         let mut reg = InstrumentRegistry::default();
-        let i = Instrument::from_name(0, "BTC-USDT").unwrap();
-        let info = i.info();
-        let inst = reg.insert(InstrumentInfo {
-            id: 0,
-            name: info.name.clone(),
-            symbol: info.symbol.clone(),
-            stream_prefix: info.stream_prefix.clone(),
-            base: info.base.clone(),
-            quote: info.quote.clone(),
-            tick_size: Decimal::ZERO,
-            step_size: Decimal::ZERO,
-        });
+        let inst = reg.insert(InstrumentInfo::named("BTC-USDT").unwrap());
         let table = DispatchTable::from_config(&default_routes(), &reg, TradeStream::Trade);
         let shared: SharedTable = Arc::new(arc_swap::ArcSwap::from_pointee(table));
         let bus = Arc::new(MemoryDataBus::new());

@@ -409,20 +409,10 @@ fn add_by_name(
     if let Some(i) = registry.load().by_name(name) {
         return Ok(i.clone());
     }
-    let probe = Instrument::from_name(0, name)
+    let info = crate::schema::InstrumentInfo::named(name)
         .ok_or_else(|| crate::adapter::binance::AdapterError::NotListed(name.to_owned()))?;
     let mut next = (**registry.load()).clone();
-    let info = probe.info();
-    let inst = next.insert(crate::schema::InstrumentInfo {
-        id: 0,
-        name: info.name.clone(),
-        symbol: info.symbol.clone(),
-        stream_prefix: info.stream_prefix.clone(),
-        base: info.base.clone(),
-        quote: info.quote.clone(),
-        tick_size: info.tick_size,
-        step_size: info.step_size,
-    });
+    let inst = next.insert(info);
     registry.store(Arc::new(next));
     Ok(inst)
 }

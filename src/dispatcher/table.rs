@@ -337,18 +337,7 @@ mod tests {
     fn registry() -> InstrumentRegistry {
         let mut r = InstrumentRegistry::default();
         for n in ["BTC-USDT", "ETH-USDT", "SOL-USDT"] {
-            let i = Instrument::from_name(0, n).unwrap();
-            let info: &InstrumentInfo = i.info();
-            r.insert(InstrumentInfo {
-                id: 0,
-                name: info.name.clone(),
-                symbol: info.symbol.clone(),
-                stream_prefix: info.stream_prefix.clone(),
-                base: info.base.clone(),
-                quote: info.quote.clone(),
-                tick_size: info.tick_size,
-                step_size: info.step_size,
-            });
+            r.insert(InstrumentInfo::named(n).unwrap());
         }
         r
     }

@@ -776,20 +776,11 @@ fn sla_summary(h: &SlaHistogram) -> SlaSummary {
 /// Instruments from their canonical names alone (no exchange to ask).
 fn local_registry(names: &[String]) -> InstrumentRegistry {
     let mut r = InstrumentRegistry::default();
-    for n in names {
-        if let Some(i) = Instrument::from_name(0, n) {
-            let info = i.info();
-            r.insert(crate::schema::InstrumentInfo {
-                id: 0,
-                name: info.name.clone(),
-                symbol: info.symbol.clone(),
-                stream_prefix: info.stream_prefix.clone(),
-                base: info.base.clone(),
-                quote: info.quote.clone(),
-                tick_size: info.tick_size,
-                step_size: info.step_size,
-            });
-        }
+    for info in names
+        .iter()
+        .filter_map(|n| crate::schema::InstrumentInfo::named(n))
+    {
+        r.insert(info);
     }
     r
 }

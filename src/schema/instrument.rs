@@ -26,6 +26,25 @@ pub struct InstrumentInfo {
     pub step_size: Decimal,
 }
 
+impl InstrumentInfo {
+    /// An instrument known by its canonical name alone (tick and step unknown); `id` is
+    /// assigned when it joins a registry.
+    pub fn named(name: &str) -> Option<InstrumentInfo> {
+        let (base, quote) = split_canonical(name)?;
+        let symbol = format!("{base}{quote}");
+        Some(InstrumentInfo {
+            id: 0,
+            name: name.into(),
+            stream_prefix: symbol.to_ascii_lowercase().into(),
+            symbol: symbol.into(),
+            base: base.into(),
+            quote: quote.into(),
+            tick_size: Decimal::ZERO,
+            step_size: Decimal::ZERO,
+        })
+    }
+}
+
 /// A handle on an instrument known to the engine.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Instrument(Arc<InstrumentInfo>);
@@ -37,18 +56,9 @@ impl Instrument {
 
     /// Builds an instrument from a canonical name alone (tick and step unknown).
     pub fn from_name(id: u32, name: &str) -> Option<Self> {
-        let (base, quote) = split_canonical(name)?;
-        let symbol = format!("{base}{quote}");
-        Some(Instrument::new(InstrumentInfo {
-            id,
-            name: name.into(),
-            stream_prefix: symbol.to_ascii_lowercase().into(),
-            symbol: symbol.into(),
-            base: base.into(),
-            quote: quote.into(),
-            tick_size: Decimal::ZERO,
-            step_size: Decimal::ZERO,
-        }))
+        let mut info = InstrumentInfo::named(name)?;
+        info.id = id;
+        Some(Instrument::new(info))
     }
 
     pub fn id(&self) -> u32 {
