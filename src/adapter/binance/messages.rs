@@ -14,10 +14,33 @@ pub struct BinanceDepthUpdate {
     pub first_update_id: u64,
     #[serde(rename = "u")]
     pub final_update_id: u64,
-    #[serde(rename = "b")]
+    #[serde(rename = "b", deserialize_with = "levels")]
     pub bids: Vec<Level>,
-    #[serde(rename = "a")]
+    #[serde(rename = "a", deserialize_with = "levels")]
     pub asks: Vec<Level>,
+}
+
+/// Reads `[["price","qty"],…]` into a vector sized for a typical diff up front, so a diff
+/// costs one allocation per side instead of one per doubling.
+fn levels<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Level>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<Level>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of [price, quantity] pairs")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<Level>, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).clamp(16, 5000));
+            while let Some(l) = seq.next_element::<Level>()? {
+                v.push(l);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(V)
 }
 
 /// `trade`.
@@ -123,7 +146,9 @@ pub struct BinanceTicker {
 pub struct BinanceDepthSnapshot {
     #[serde(rename = "lastUpdateId")]
     pub last_update_id: u64,
+    #[serde(deserialize_with = "levels")]
     pub bids: Vec<Level>,
+    #[serde(deserialize_with = "levels")]
     pub asks: Vec<Level>,
 }
 
