@@ -306,14 +306,29 @@ fn main() {
     let mut traced_runs = Vec::new();
     let mut plain_runs = vec![rate];
     for k in 0..if quick { 1 } else { 3 } {
-        traced_runs.push(replay(cfg.clone(), &frames, |_| {}, EventType::Trade, n as u64));
+        traced_runs.push(replay(
+            cfg.clone(),
+            &frames,
+            |_| {},
+            EventType::Trade,
+            n as u64,
+        ));
         if k > 0 {
-            plain_runs.push(replay(config(&[EventType::Trade]), &frames, |_| {}, EventType::Trade, n as u64));
+            plain_runs.push(replay(
+                config(&[EventType::Trade]),
+                &frames,
+                |_| {},
+                EventType::Trade,
+                n as u64,
+            ));
         }
     }
     traced_runs.sort_by(f64::total_cmp);
     plain_runs.sort_by(f64::total_cmp);
-    let (traced, plain) = (traced_runs[traced_runs.len() / 2], plain_runs[plain_runs.len() / 2]);
+    let (traced, plain) = (
+        traced_runs[traced_runs.len() / 2],
+        plain_runs[plain_runs.len() / 2],
+    );
     println!(
         "pipeline/replay/trade+otel1% {:>12.0} events/s   (median of interleaved runs: {:.1}% of untraced {:.0}; target ≥ 90%)",
         traced,

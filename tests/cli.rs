@@ -113,3 +113,25 @@ fn run_emits_ndjson_against_simulate_and_stops_on_sigterm() {
         assert!(types.contains(t), "no {t} in output: {types:?}");
     }
 }
+
+#[test]
+fn an_unreachable_exchange_is_one_clear_error() {
+    // Nothing listens on port 9 of loopback.
+    let out = meltica()
+        .args([
+            "run",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml"),
+        ])
+        .env("BINANCE_WS_PUBLIC_URL", "ws://127.0.0.1:9/stream")
+        .env("BINANCE_REST_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("meltica: cannot start:"), "{err}");
+    assert!(
+        err.contains("hint: check that the exchange is reachable"),
+        "{err}"
+    );
+}

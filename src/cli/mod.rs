@@ -121,9 +121,15 @@ fn run_engine(
         Ok(e) => e,
         Err(e) => {
             eprintln!("meltica: cannot start: {e}");
-            eprintln!(
-                "hint: check that the exchange is reachable (BINANCE_WS_PUBLIC_URL / BINANCE_REST_URL), or run `meltica demo` to use the built-in simulator"
-            );
+            match e {
+                crate::engine::EngineError::Adapter(_) => eprintln!(
+                    "hint: check that the exchange is reachable (BINANCE_WS_PUBLIC_URL / BINANCE_REST_URL), or run `meltica demo` to use the built-in simulator"
+                ),
+                crate::engine::EngineError::Telemetry(_) => eprintln!(
+                    "hint: fix telemetry.endpoint / OTEL_EXPORTER_OTLP_ENDPOINT, or set OTEL_SDK_DISABLED=true"
+                ),
+                _ => {}
+            }
             return ExitCode::from(1);
         }
     };
