@@ -30,6 +30,24 @@ fn event() -> Arc<Event> {
     })
 }
 
+/// Times `iters` calls of `publish` in batches of `BATCH`, draining between batches with
+/// `drain` (not timed).
+fn timed_batches(iters: u64, mut publish: impl FnMut(), mut drain: impl FnMut()) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let k = left.min(BATCH);
+        let t = Instant::now();
+        for _ in 0..k {
+            publish();
+        }
+        total += t.elapsed();
+        drain();
+        left -= k;
+    }
+    total
+}
+
 fn bench(c: &mut Criterion) {
     let ev = event();
     let mut g = c.benchmark_group("bus/publish");
@@ -48,21 +66,15 @@ fn bench(c: &mut Criterion) {
             .collect();
         g.bench_function(format!("meltica/{n}_subscribers"), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let k = left.min(BATCH);
-                    let t = Instant::now();
-                    for _ in 0..k {
-                        bus.publish(ev.clone());
-                    }
-                    total += t.elapsed();
-                    for s in &subs {
-                        while s.try_recv().is_ok() {}
-                    }
-                    left -= k;
-                }
-                total
+                timed_batches(
+                    iters,
+                    || bus.publish(ev.clone()),
+                    || {
+                        for s in &subs {
+                            while s.try_recv().is_ok() {}
+                        }
+                    },
+                )
             })
         });
         let chans: Vec<_> = (0..n)
@@ -70,23 +82,19 @@ fn bench(c: &mut Criterion) {
             .collect();
         g.bench_function(format!("crossbeam_channels/{n}"), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let k = left.min(BATCH);
-                    let t = Instant::now();
-                    for _ in 0..k {
+                timed_batches(
+                    iters,
+                    || {
                         for (tx, _) in &chans {
                             tx.send(black_box(ev.clone())).unwrap();
                         }
-                    }
-                    total += t.elapsed();
-                    for (_, rx) in &chans {
-                        while rx.try_recv().is_ok() {}
-                    }
-                    left -= k;
-                }
-                total
+                    },
+                    || {
+                        for (_, rx) in &chans {
+                            while rx.try_recv().is_ok() {}
+                        }
+                    },
+                )
             })
         });
     }

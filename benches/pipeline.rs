@@ -165,27 +165,10 @@ fn tokio_pipeline(frames: &[String], pace: u64) -> (f64, Histogram<u64>) {
         conductor.finish();
     });
     let expect = frames.len() as u64;
-    let consumer = std::thread::spawn(move || {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
-        let mut n = 0;
-        while n < expect {
-            let Some(e) = sub.recv() else { break };
-            h.record(e.latency_ns.max(1)).unwrap();
-            n += 1;
-        }
-        (h, Instant::now())
-    });
+    let consumer = latency_consumer(sub, expect);
     let start = Instant::now();
     for (i, f) in frames.iter().enumerate() {
-        if let Some(step) = 1_000_000_000u64.checked_div(pace) {
-            // Sleep, like a socket thread blocked in read: a spinning pacer would hold a
-            // core that the stages need.
-            let due = start + Duration::from_nanos(step * i as u64);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        }
+        pace_until(start, i, pace);
         if let Ok(Frame::Instance(raw)) = parse_frame(f, &reg, meltica::clock::mono_ns()) {
             raw_tx.blocking_send(raw).unwrap();
         }
@@ -208,32 +191,43 @@ fn meltica_paced(cfg: Config, frames: &[String], pace: u64) -> (f64, Histogram<u
     );
     let engine = builder.start().unwrap();
     let expect = frames.len() as u64;
-    let consumer = std::thread::spawn(move || {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
-        let mut n = 0;
-        while n < expect {
-            let Some(e) = sub.recv() else { break };
-            h.record(e.latency_ns.max(1)).unwrap();
-            n += 1;
-        }
-        (h, Instant::now())
-    });
+    let consumer = latency_consumer(sub, expect);
     let start = Instant::now();
     for (i, f) in frames.iter().enumerate() {
-        if let Some(step) = 1_000_000_000u64.checked_div(pace) {
-            // Sleep, like a socket thread blocked in read: a spinning pacer would hold a
-            // core that the stages need.
-            let due = start + Duration::from_nanos(step * i as u64);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        }
+        pace_until(start, i, pace);
         source.push_frame(f).unwrap();
     }
     let (h, end) = consumer.join().unwrap();
     engine.shutdown().unwrap();
     (expect as f64 / end.duration_since(start).as_secs_f64(), h)
+}
+
+/// Receives `expect` events on its own thread, recording each one's ingress→publish
+/// latency; returns the histogram and when the last one arrived.
+fn latency_consumer(
+    sub: meltica::bus::Subscription,
+    expect: u64,
+) -> std::thread::JoinHandle<(Histogram<u64>, Instant)> {
+    std::thread::spawn(move || {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+        for _ in 0..expect {
+            let Some(e) = sub.recv() else { break };
+            h.record(e.latency_ns.max(1)).unwrap();
+        }
+        (h, Instant::now())
+    })
+}
+
+/// Waits until frame `i` is due at `pace` per second (0: no wait). It sleeps, like a socket
+/// thread blocked in a read: a spinning pacer would hold a core that the stages need.
+fn pace_until(start: Instant, i: usize, pace: u64) {
+    if let Some(step) = 1_000_000_000u64.checked_div(pace) {
+        let due = start + Duration::from_nanos(step * i as u64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+    }
 }
 
 fn hiccups(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Histogram<u64>> {

@@ -13,6 +13,17 @@ use meltica::schema::FusedBook;
 use meltica::snapshot::{Key, MemorySnapshotStore, Record, SnapshotStore};
 use parking_lot::RwLock;
 
+/// The baseline's write: bump the version of `key`'s record under the write lock.
+fn rwlock_write(map: &RwLock<HashMap<Key, Arc<Record>>>, key: &Key, book: &Arc<FusedBook>) {
+    let mut m = map.write();
+    let r = m.get_mut(key).unwrap();
+    *r = Arc::new(Record {
+        version: r.version + 1,
+        updated_ms: 0,
+        book: book.clone(),
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let store = Arc::new(MemorySnapshotStore::new());
     let key = Key::fused("BTC-USDT");
@@ -52,13 +63,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("cas_uncontended/rwlock_hashmap", |b| {
         b.iter(|| {
-            let mut m = baseline.write();
-            let r = m.get_mut(&key).unwrap();
-            *r = Arc::new(Record {
-                version: r.version + 1,
-                updated_ms: 0,
-                book: book.clone(),
-            });
+            rwlock_write(&baseline, &key, &book);
         })
     });
 
@@ -82,13 +87,7 @@ fn bench(c: &mut Criterion) {
                         let v = cell.load().as_ref().map_or(0, |r| r.version);
                         let _ = MemorySnapshotStore::cas_cell(&cell, v, book.clone());
                     } else {
-                        let mut m = baseline.write();
-                        let r = m.get_mut(&key).unwrap();
-                        *r = Arc::new(Record {
-                            version: r.version + 1,
-                            updated_ms: 0,
-                            book: book.clone(),
-                        });
+                        rwlock_write(&baseline, &key, &book);
                     }
                 }
             })
@@ -103,13 +102,7 @@ fn bench(c: &mut Criterion) {
                         }
                     }
                 } else {
-                    let mut m = baseline.write();
-                    let r = m.get_mut(&key).unwrap();
-                    *r = Arc::new(Record {
-                        version: r.version + 1,
-                        updated_ms: 0,
-                        book: book.clone(),
-                    });
+                    rwlock_write(&baseline, &key, &book);
                 }
             })
         });

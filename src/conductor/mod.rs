@@ -33,8 +33,6 @@ pub struct ConductorStats {
     pub published: Vec<[AtomicU64; EventType::COUNT]>,
     /// Fused states replaced within a throttle window, per instrument.
     pub coalesced: Vec<AtomicU64>,
-    /// Book input consumed without publishing (routed to the book only).
-    pub consumed: AtomicU64,
     pub resyncs: Vec<AtomicU64>,
     /// 0 syncing, 1 live, 2 stale.
     pub status: Vec<AtomicU8>,
@@ -50,7 +48,6 @@ impl ConductorStats {
         ConductorStats {
             published: (0..instruments).map(|_| Default::default()).collect(),
             coalesced: (0..instruments).map(|_| AtomicU64::new(0)).collect(),
-            consumed: AtomicU64::new(0),
             resyncs: (0..instruments).map(|_| AtomicU64::new(0)).collect(),
             status: (0..instruments).map(|_| AtomicU8::new(0)).collect(),
             cas_conflicts: AtomicU64::new(0),
@@ -103,7 +100,6 @@ pub struct Conductor {
     local_published: Vec<[u64; EventType::COUNT]>,
     /// Instrument ids with unflushed counts, so a flush touches only those.
     touched: Vec<u32>,
-    local_consumed: u64,
     /// Last published `seq` per instrument id and type.
     seqs: Vec<[u64; EventType::COUNT]>,
     tracing: Tracing,
@@ -138,7 +134,6 @@ impl Conductor {
             stats,
             local_published: vec![[0; EventType::COUNT]; n],
             touched: Vec::with_capacity(64),
-            local_consumed: 0,
             seqs: Vec::new(),
             tracing: Tracing::off(),
             rng: fastrand::Rng::new(),
@@ -296,8 +291,9 @@ impl Conductor {
             return;
         };
         let id = self.slot_index(&inst);
-        let now = Instant::now();
         if self.slot(id).needs_book {
+            // The clock is read only for book input (staleness, throttle), not per event.
+            let now = Instant::now();
             let step = match &event.payload {
                 Payload::Delta(d) => {
                     let slot = self.slots[id].as_mut().expect("indexed");
@@ -327,10 +323,9 @@ impl Conductor {
                 self.after_step(id, step, now);
             }
         }
+        // Book input nobody subscribed to stops here (the dispatcher counted it filtered).
         if publish {
             self.emit(event, started);
-        } else {
-            self.local_consumed += 1;
         }
     }
 
@@ -550,12 +545,6 @@ impl Conductor {
                     *l = 0;
                 }
             }
-        }
-        if self.local_consumed != 0 {
-            self.stats
-                .consumed
-                .fetch_add(self.local_consumed, Ordering::Relaxed);
-            self.local_consumed = 0;
         }
     }
 }

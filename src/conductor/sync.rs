@@ -60,7 +60,6 @@ pub struct BookSync {
     held: Option<BookSnapshot>,
     awaiting_snapshot: bool,
     pub resyncs: u64,
-    pub buffer_dropped: u64,
 }
 
 /// `syncing` | `live` | `stale`.
@@ -189,8 +188,8 @@ impl BookSync {
             };
         }
         if self.buffer.len() == MAX_BUFFERED {
+            // Only copies of already-published diffs are lost: the next snapshot is newer.
             self.buffer.pop_front();
-            self.buffer_dropped += 1;
         }
         self.buffer.push_back(d.clone());
         if let Some(s) = self.held.take() {

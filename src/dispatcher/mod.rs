@@ -44,9 +44,6 @@ pub struct DispatcherStats {
     pub ingested: [AtomicU64; EventType::COUNT],
     pub filtered: [AtomicU64; EventType::COUNT],
     pub rejected: [AtomicU64; EventType::COUNT],
-    pub forwarded: [AtomicU64; EventType::COUNT],
-    /// Book input forwarded to the conductor only (not published).
-    pub internal: [AtomicU64; EventType::COUNT],
 }
 
 #[derive(Default)]
@@ -54,8 +51,6 @@ struct Local {
     ingested: [u64; EventType::COUNT],
     filtered: [u64; EventType::COUNT],
     rejected: [u64; EventType::COUNT],
-    forwarded: [u64; EventType::COUNT],
-    internal: [u64; EventType::COUNT],
 }
 
 impl Local {
@@ -65,8 +60,6 @@ impl Local {
                 (&mut self.ingested[i], &s.ingested[i]),
                 (&mut self.filtered[i], &s.filtered[i]),
                 (&mut self.rejected[i], &s.rejected[i]),
-                (&mut self.forwarded[i], &s.forwarded[i]),
-                (&mut self.internal[i], &s.internal[i]),
             ] {
                 if *local != 0 {
                     shared.fetch_add(*local, Ordering::Relaxed);
@@ -165,12 +158,9 @@ impl Dispatcher {
             local.filtered[ti] += 1;
             return None;
         }
-        if publish {
-            local.forwarded[ti] += 1;
-        } else {
+        if !publish {
             // Counted as filtered for consumers; the conductor still consumes it.
             local.filtered[ti] += 1;
-            local.internal[ti] += 1;
         }
         let Some(ctx) = raw.trace else {
             let trace = TraceId::random(&mut self.rng);

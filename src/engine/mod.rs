@@ -423,7 +423,11 @@ impl Engine {
         let control = MemoryControlBus::new(ctl_tx, shared_table.clone());
 
         let sweeper = {
-            let (store, stop, ttl) = (store.clone(), control_stop.clone(), engine_ttl(&config));
+            let (store, stop, ttl) = (
+                store.clone(),
+                control_stop.clone(),
+                config.snapshot_store.ttl,
+            );
             supervisor
                 .spawn("meltica-sweeper".into(), None, move || {
                     sweep_loop(&store, &stop, ttl)
@@ -735,10 +739,6 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn engine_ttl(config: &Config) -> Duration {
-    config.snapshot_store.ttl
 }
 
 /// Removes snapshot records not written within the TTL, a few times per TTL.

@@ -1,12 +1,9 @@
 //! Control commands and their acknowledgements, shared by every control bus (in-process,
 //! HTTP, NATS). The JSON body parser lives here so all facades accept exactly the same input.
 
-use std::fmt::Write as _;
-
 use serde_json::Value;
 
 use super::EventType;
-use super::event::write_json_string;
 use crate::config::{FilterConfig, FilterOp};
 
 /// What a command asks for.
@@ -117,27 +114,24 @@ impl Ack {
 
     /// `{"type":…,"status":…,"dispatchVersion":N,"elapsedMs":…,"error":…}`.
     pub fn to_json(&self) -> String {
-        let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(b"{\"type\":");
-        match &self.event_type {
-            Some(t) => write_json_string(t, &mut out),
-            None => out.extend_from_slice(b"null"),
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire<'a> {
+            #[serde(rename = "type")]
+            event_type: Option<&'a str>,
+            status: &'a str,
+            dispatch_version: u64,
+            elapsed_ms: f64,
+            error: Option<&'a str>,
         }
-        let mut s = String::from_utf8(out).unwrap_or_default();
-        let _ = write!(
-            s,
-            ",\"status\":\"{}\",\"dispatchVersion\":{},\"elapsedMs\":{:.3},\"error\":",
-            self.status.as_str(),
-            self.dispatch_version,
-            self.elapsed_ms
-        );
-        let mut out = s.into_bytes();
-        match &self.error {
-            Some(e) => write_json_string(e, &mut out),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.push(b'}');
-        String::from_utf8(out).unwrap_or_default()
+        serde_json::to_string(&Wire {
+            event_type: self.event_type.as_deref(),
+            status: self.status.as_str(),
+            dispatch_version: self.dispatch_version,
+            elapsed_ms: (self.elapsed_ms * 1e3).round() / 1e3,
+            error: self.error.as_deref(),
+        })
+        .unwrap_or_default()
     }
 }
 
