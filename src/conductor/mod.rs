@@ -19,7 +19,7 @@ use crate::clock;
 use crate::config::{ConductorConfig, WaitStrategy};
 use crate::dispatcher::{DispatchTable, SharedTable, Staged};
 use crate::engine::stage::{Recv, recv_until};
-use crate::schema::{Event, EventType, FusedBook, Instrument, Payload, Quality, TraceId};
+use crate::schema::{Event, EventType, FusedBook, Instrument, Payload, Quality, TraceId, pool};
 use crate::snapshot::memory::{Cell, MemorySnapshotStore};
 use crate::snapshot::{Key, StoreError};
 use crate::telemetry::pipeline::Tracing;
@@ -108,10 +108,13 @@ pub struct Conductor {
     /// Published events, oldest first. Once every consumer has dropped one, its
     /// allocation is reused for a new event: steady-state publishing does not allocate.
     recycle: std::collections::VecDeque<Arc<Event>>,
+    spare_books: std::collections::VecDeque<Arc<FusedBook>>,
 }
 
 /// How many published events are kept for reuse.
 const RECYCLE: usize = 4096;
+/// Fused books kept for reuse once no reader holds them.
+const SPARE_BOOKS: usize = 64;
 
 impl Conductor {
     pub fn new(
@@ -139,6 +142,7 @@ impl Conductor {
             rng: fastrand::Rng::new(),
             e2e_latency: None,
             recycle: std::collections::VecDeque::with_capacity(RECYCLE),
+            spare_books: std::collections::VecDeque::with_capacity(SPARE_BOOKS),
         }
     }
 
@@ -318,6 +322,7 @@ impl Conductor {
                     // again would hand consumers the same change twice.
                     self.stats.dropped_duplicate[event.event_type.index()]
                         .fetch_add(1, Ordering::Relaxed);
+                    self.reclaim(event.payload);
                     return;
                 }
                 self.after_step(id, step, now);
@@ -326,7 +331,46 @@ impl Conductor {
         // Book input nobody subscribed to stops here (the dispatcher counted it filtered).
         if publish {
             self.emit(event, started);
+        } else {
+            self.reclaim(event.payload);
         }
+    }
+
+    /// Keeps the reusable parts of a payload nobody reads any more: diff vectors go back to
+    /// the parser's pool, fused books to this stage's own.
+    #[inline]
+    fn reclaim(&mut self, payload: Payload) {
+        match payload {
+            Payload::Delta(d) => {
+                pool::give_levels(d.bids);
+                pool::give_levels(d.asks);
+            }
+            Payload::Snapshot(s) => {
+                pool::give_levels(s.bids);
+                pool::give_levels(s.asks);
+            }
+            Payload::Fused(book) => {
+                if self.spare_books.len() < SPARE_BOOKS {
+                    self.spare_books.push_back(book);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A fused book to fill: a spare one no reader holds any more, or a new one.
+    fn fresh_book(&mut self) -> Arc<FusedBook> {
+        // The oldest spares are the likeliest to be free; a few tries bound the cost.
+        for _ in 0..self.spare_books.len().min(4) {
+            let mut b = self.spare_books.pop_front().expect("counted");
+            if let Some(book) = Arc::get_mut(&mut b) {
+                book.bids.clear();
+                book.asks.clear();
+                return b;
+            }
+            self.spare_books.push_back(b);
+        }
+        Arc::new(FusedBook::default())
     }
 
     fn after_step(&mut self, id: usize, step: Step, now: Instant) {
@@ -395,25 +439,19 @@ impl Conductor {
         slot.dirty = false;
         slot.last_publish = Some(now);
         let status = slot.sync.status.quality();
-        let mut fused = FusedBook {
-            last_update_id: slot.sync.book.last_update_id,
-            status,
-            bids: Vec::new(),
-            asks: Vec::new(),
-        };
+        let mut book = self.fresh_book();
+        let slot = self.slots[id].as_mut().expect("indexed");
+        let fused = Arc::get_mut(&mut book).expect("fresh books are unshared");
+        fused.last_update_id = slot.sync.book.last_update_id;
+        fused.status = status;
         // A book that is not in sync is never published with content.
         if slot.sync.in_sync() {
-            fused
-                .bids
-                .reserve_exact(depth.min(slot.sync.book.depth().0));
-            fused
-                .asks
-                .reserve_exact(depth.min(slot.sync.book.depth().1));
+            fused.bids.reserve(depth.min(slot.sync.book.depth().0));
+            fused.asks.reserve(depth.min(slot.sync.book.depth().1));
             slot.sync
                 .book
                 .top_into(depth, &mut fused.bids, &mut fused.asks);
         }
-        let book = Arc::new(fused);
         loop {
             match MemorySnapshotStore::cas_cell(&slot.cell, slot.version, book.clone()) {
                 Ok(v) => {
@@ -522,8 +560,10 @@ impl Conductor {
     fn share(&mut self, event: Event) -> Arc<Event> {
         let shared = match self.recycle.front_mut().and_then(Arc::get_mut) {
             Some(slot) => {
-                *slot = event;
-                self.recycle.pop_front().expect("front exists")
+                let old = std::mem::replace(slot, event);
+                let shared = self.recycle.pop_front().expect("front exists");
+                self.reclaim(old.payload);
+                shared
             }
             None => {
                 if self.recycle.len() >= RECYCLE {

@@ -4,6 +4,7 @@ pub mod control;
 pub mod decimal;
 pub mod event;
 pub mod instrument;
+pub mod pool;
 
 pub use decimal::{Decimal, DecimalError};
 pub use event::{

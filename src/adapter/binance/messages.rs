@@ -20,8 +20,8 @@ pub struct BinanceDepthUpdate {
     pub asks: Vec<Level>,
 }
 
-/// Reads `[["price","qty"],…]` into a vector sized for a typical diff up front, so a diff
-/// costs one allocation per side instead of one per doubling.
+/// Reads `[["price","qty"],…]` into a pooled vector (see [`crate::schema::pool`]), so a
+/// steady stream of diffs allocates nothing.
 fn levels<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Level>, D::Error> {
     struct V;
     impl<'de> serde::de::Visitor<'de> for V {
@@ -33,7 +33,8 @@ fn levels<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Level>, D::Error
             self,
             mut seq: A,
         ) -> Result<Vec<Level>, A::Error> {
-            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).clamp(16, 5000));
+            let mut v =
+                crate::schema::pool::take_levels(seq.size_hint().unwrap_or(0).clamp(16, 5000));
             while let Some(l) = seq.next_element::<Level>()? {
                 v.push(l);
             }
