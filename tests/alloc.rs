@@ -100,8 +100,7 @@ fn per_event(
                 source.push_frame(f).unwrap();
             }
             let t0 = std::time::Instant::now();
-            while received.load(Ordering::Relaxed) < target
-                && t0.elapsed() < Duration::from_secs(5)
+            while received.load(Ordering::Relaxed) < target && t0.elapsed() < Duration::from_secs(5)
             {
                 std::thread::yield_now();
             }

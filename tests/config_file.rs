@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use meltica::config::{Backend, Config};
+use meltica::config::{BusBackend, Config, StoreBackend};
 use meltica::schema::EventType;
 
 #[test]
@@ -17,8 +17,8 @@ fn shipped_config_is_valid_and_streams_live_binance() {
         "wss://stream.binance.com:9443/stream"
     );
     assert_eq!(cfg.adapter.binance.rest_url, "https://api.binance.com");
-    assert_eq!(cfg.bus.backend, Backend::Memory);
-    assert_eq!(cfg.snapshot_store.backend, Backend::Memory);
+    assert_eq!(cfg.bus.backend, BusBackend::Memory);
+    assert_eq!(cfg.snapshot_store.backend, StoreBackend::Memory);
     assert!(cfg.telemetry.endpoint.is_none());
     let types: Vec<EventType> = cfg.dispatcher.routes.iter().map(|r| r.event_type).collect();
     assert!(types.contains(&EventType::AnalyticsFused));

@@ -79,6 +79,10 @@ pub struct AdapterStats {
     pub unknown_type: AtomicU64,
     pub unknown_symbol: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Planned hand-overs to a new connection (before the 24 h cut, on `serverShutdown`).
+    pub handovers: AtomicU64,
+    /// Messages both connections delivered during a hand-over; the second copy is dropped.
+    pub overlap_duplicates: AtomicU64,
     pub connections: AtomicU64,
     pub snapshots: AtomicU64,
     pub snapshot_failures: AtomicU64,
@@ -120,6 +124,8 @@ pub struct AdapterCounts {
     pub unknown_type: u64,
     pub unknown_symbol: u64,
     pub reconnects: u64,
+    pub handovers: u64,
+    pub overlap_duplicates: u64,
     pub connections: u64,
     pub snapshots: u64,
     pub snapshot_failures: u64,
@@ -135,6 +141,8 @@ impl AdapterStats {
             unknown_type: l(&self.unknown_type),
             unknown_symbol: l(&self.unknown_symbol),
             reconnects: l(&self.reconnects),
+            handovers: l(&self.handovers),
+            overlap_duplicates: l(&self.overlap_duplicates),
             connections: l(&self.connections),
             snapshots: l(&self.snapshots),
             snapshot_failures: l(&self.snapshot_failures),

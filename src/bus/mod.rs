@@ -4,6 +4,8 @@ pub mod control;
 pub mod data;
 pub mod http;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 
 pub use control::{ControlBus, MemoryControlBus};
 pub use data::{

@@ -25,6 +25,7 @@ pub struct Config {
     pub conductor: ConductorConfig,
     pub snapshot_store: SnapshotStoreConfig,
     pub bus: BusConfig,
+    pub shard: ShardConfig,
     pub control: ControlConfig,
     pub telemetry: TelemetryConfig,
     pub threads: ThreadsConfig,
@@ -46,6 +47,8 @@ pub struct BinanceConfig {
     pub handshake_timeout: Duration,
     /// A connection that delivers nothing (not even a ping) for this long is replaced.
     pub no_data_timeout: Duration,
+    /// A connection older than this is handed over to a fresh one (Binance cuts at 24 h).
+    pub max_connection_age: Duration,
     pub reconnect: BackoffConfig,
     pub snapshot: SnapshotFetchConfig,
     /// `TRADE` comes from `@trade` or `@aggTrade`.
@@ -139,18 +142,127 @@ pub struct ConductorConfig {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SnapshotStoreConfig {
-    pub backend: Backend,
+    pub backend: StoreBackend,
     pub ttl: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
+/// Where fused books are kept besides the in-process store (which is always the hot-path
+/// copy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreBackend {
     Memory,
+    /// Written through to Redis from its own thread (feature `redis`).
+    Redis(RedisConfig),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` (or `rediss://`).
+    pub url: String,
+    /// Key prefix: records live at `<prefix>:snap:<market>:<type>:<instrument>`.
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/".into(),
+            prefix: "meltica".into(),
+        }
+    }
+}
+
+/// Where events go besides in-process subscribers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BusBackend {
+    Memory,
+    /// Also published to NATS from a bridge thread (feature `nats`).
+    Nats(NatsConfig),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NatsConfig {
+    /// `nats://host:port`.
+    pub url: String,
+    /// Subjects are `<prefix>.<market>.<type>.<instrument>`.
+    pub subject_prefix: String,
+    /// Names this engine on the control subject `<prefix>.control.<engine_id>`.
+    pub engine_id: String,
+    /// Serve control commands by request-reply on the control subject.
+    pub control: bool,
+    /// Durable, replayable delivery through a JetStream stream.
+    pub jetstream: Option<JetStreamConfig>,
+    /// The bridge's queue: capacity and what happens when NATS cannot keep up.
+    pub queue: usize,
+    pub policy: BackpressurePolicy,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: "meltica".into(),
+            engine_id: "meltica".into(),
+            control: true,
+            jetstream: None,
+            queue: 65_536,
+            policy: BackpressurePolicy::DropOldest,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JetStreamConfig {
+    pub stream: String,
+    /// Events older than this are discarded (zero: kept until `max_msgs`).
+    pub max_age: Duration,
+    /// The stream keeps at most this many events (zero: unlimited).
+    pub max_msgs: u64,
+    /// Messages with the same id (the event key) within this window are stored once.
+    pub duplicate_window: Duration,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            stream: "MELTICA".into(),
+            max_age: Duration::from_secs(3600),
+            max_msgs: 0,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Which share of the instruments this engine streams when several engines split them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardConfig {
+    /// Engines splitting the instruments.
+    pub count: u32,
+    /// This engine's share, 0-based: it keeps the instruments whose
+    /// [`shard_of`] is `index`.
+    pub index: u32,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig { count: 1, index: 0 }
+    }
+}
+
+/// The shard an instrument belongs to among `count`: FNV-1a of its canonical name, so every
+/// engine computes the same split without talking to the others.
+pub fn shard_of(instrument: &str, count: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in instrument.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(count.max(1))) as u32
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BusConfig {
-    pub backend: Backend,
+    pub backend: BusBackend,
     /// Capacity of each channel between stages.
     pub stage_queue: usize,
     /// Default capacity of a subscriber's queue.
@@ -251,6 +363,7 @@ impl Default for Config {
                     rest_url: "https://api.binance.com".into(),
                     handshake_timeout: Duration::from_secs(10),
                     no_data_timeout: Duration::from_secs(30),
+                    max_connection_age: Duration::from_secs(23 * 3600 + 30 * 60),
                     reconnect: BackoffConfig {
                         initial: Duration::from_millis(250),
                         max: Duration::from_secs(30),
@@ -274,15 +387,16 @@ impl Default for Config {
                 staleness: Duration::from_secs(10),
             },
             snapshot_store: SnapshotStoreConfig {
-                backend: Backend::Memory,
+                backend: StoreBackend::Memory,
                 ttl: Duration::from_secs(3600),
             },
             bus: BusConfig {
-                backend: Backend::Memory,
+                backend: BusBackend::Memory,
                 stage_queue: 65_536,
                 subscriber_queue: 65_536,
                 policy: BackpressurePolicy::Block,
             },
+            shard: ShardConfig::default(),
             control: ControlConfig {
                 addr: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
                 token: None,

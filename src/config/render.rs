@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use super::{Backend, Config, FilterOp, LogLevel, TradeStream, WaitStrategy};
+use super::{BusBackend, Config, FilterOp, LogLevel, StoreBackend, TradeStream, WaitStrategy};
 
 fn dur(d: Duration) -> String {
     let ms = d.as_millis();
@@ -13,6 +13,8 @@ fn dur(d: Duration) -> String {
         format!("{}us", d.as_micros())
     } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
+    } else if ms > 3_600_000 && ms.is_multiple_of(60_000) {
+        format!("{}h{}m", ms / 3_600_000, ms % 3_600_000 / 60_000)
     } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
     } else if ms.is_multiple_of(1000) {
@@ -36,6 +38,7 @@ pub fn to_yaml(c: &Config) -> String {
     let _ = writeln!(o, "    rest_url: {}", quote(&b.rest_url));
     let _ = writeln!(o, "    handshake_timeout: {}", dur(b.handshake_timeout));
     let _ = writeln!(o, "    no_data_timeout: {}", dur(b.no_data_timeout));
+    let _ = writeln!(o, "    max_connection_age: {}", dur(b.max_connection_age));
     let _ = writeln!(o, "    rest_timeout: {}", dur(b.rest_timeout));
     let _ = writeln!(
         o,
@@ -110,22 +113,59 @@ pub fn to_yaml(c: &Config) -> String {
         dur(c.conductor.throttle),
         dur(c.conductor.staleness)
     );
-    let backend = |b: Backend| match b {
-        Backend::Memory => "memory",
-    };
+    match &c.snapshot_store.backend {
+        StoreBackend::Memory => {
+            let _ = writeln!(o, "snapshot_store:\n  backend: memory");
+        }
+        StoreBackend::Redis(r) => {
+            let _ = writeln!(
+                o,
+                "snapshot_store:\n  backend: redis\n  redis:\n    url: {}\n    prefix: {}",
+                quote(&r.url),
+                r.prefix
+            );
+        }
+    }
+    let _ = writeln!(o, "  ttl: {}", dur(c.snapshot_store.ttl));
+    let _ = writeln!(o, "bus:");
+    match &c.bus.backend {
+        BusBackend::Memory => {
+            let _ = writeln!(o, "  backend: memory");
+        }
+        BusBackend::Nats(n) => {
+            let _ = writeln!(
+                o,
+                "  backend: nats\n  nats:\n    url: {}\n    subject_prefix: {}\n    engine_id: {}\n    control: {}\n    queue: {}\n    policy: {}",
+                quote(&n.url),
+                n.subject_prefix,
+                n.engine_id,
+                n.control,
+                n.queue,
+                n.policy.as_str()
+            );
+            if let Some(j) = &n.jetstream {
+                let _ = writeln!(
+                    o,
+                    "    jetstream:\n      stream: {}\n      max_age: {}\n      max_msgs: {}\n      duplicate_window: {}",
+                    j.stream,
+                    dur(j.max_age),
+                    j.max_msgs,
+                    dur(j.duplicate_window)
+                );
+            }
+        }
+    }
     let _ = writeln!(
         o,
-        "snapshot_store:\n  backend: {}\n  ttl: {}",
-        backend(c.snapshot_store.backend),
-        dur(c.snapshot_store.ttl)
-    );
-    let _ = writeln!(
-        o,
-        "bus:\n  backend: {}\n  stage_queue: {}\n  subscriber_queue: {}\n  policy: {}",
-        backend(c.bus.backend),
+        "  stage_queue: {}\n  subscriber_queue: {}\n  policy: {}",
         c.bus.stage_queue,
         c.bus.subscriber_queue,
         c.bus.policy.as_str()
+    );
+    let _ = writeln!(
+        o,
+        "shard:\n  count: {}\n  index: {}",
+        c.shard.count, c.shard.index
     );
     let _ = writeln!(
         o,

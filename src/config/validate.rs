@@ -44,8 +44,15 @@ pub fn compile(text: &str) -> Result<Config, Vec<ConfigProblem>> {
         if let Some(n) = top.take("snapshot_store")
             && let Some(mut s) = cx.section(n, "snapshot_store")
         {
+            let redis = s.take("redis");
             if let Some(v) = s.take("backend") {
-                cx.backend(v, "snapshot_store.backend", &mut cfg.snapshot_store.backend);
+                cx.store_backend(v, redis, &mut cfg.snapshot_store.backend);
+            } else if let Some(r) = redis {
+                cx.problem(
+                    r.loc,
+                    "snapshot_store.redis",
+                    "set `snapshot_store.backend: redis` to use these settings",
+                );
             }
             if let Some(v) = s.take("ttl") {
                 cx.positive_duration(v, "snapshot_store.ttl", &mut cfg.snapshot_store.ttl);
@@ -54,6 +61,9 @@ pub fn compile(text: &str) -> Result<Config, Vec<ConfigProblem>> {
         }
         if let Some(n) = top.take("bus") {
             bus(&mut cx, n, &mut cfg.bus);
+        }
+        if let Some(n) = top.take("shard") {
+            shard(&mut cx, n, &mut cfg.shard);
         }
         if let Some(n) = top.take("control") {
             control(&mut cx, n, &mut cfg.control);
@@ -117,6 +127,13 @@ fn adapter(cx: &mut Cx, n: &Node, out: &mut AdapterConfig) {
         }
         if let Some(v) = b.take("no_data_timeout") {
             cx.positive_duration(v, "adapter.binance.no_data_timeout", &mut o.no_data_timeout);
+        }
+        if let Some(v) = b.take("max_connection_age") {
+            cx.positive_duration(
+                v,
+                "adapter.binance.max_connection_age",
+                &mut o.max_connection_age,
+            );
         }
         if let Some(v) = b.take("rest_timeout") {
             cx.positive_duration(v, "adapter.binance.rest_timeout", &mut o.rest_timeout);
@@ -434,8 +451,15 @@ fn bus(cx: &mut Cx, n: &Node, out: &mut BusConfig) {
     let Some(mut s) = cx.section(n, "bus") else {
         return;
     };
+    let nats = s.take("nats");
     if let Some(v) = s.take("backend") {
-        cx.backend(v, "bus.backend", &mut out.backend);
+        cx.bus_backend(v, nats, &mut out.backend);
+    } else if let Some(n) = nats {
+        cx.problem(
+            n.loc,
+            "bus.nats",
+            "set `bus.backend: nats` to use these settings",
+        );
     }
     if let Some(v) = s.take("stage_queue") {
         cx.capacity(v, "bus.stage_queue", &mut out.stage_queue);
@@ -443,17 +467,39 @@ fn bus(cx: &mut Cx, n: &Node, out: &mut BusConfig) {
     if let Some(v) = s.take("subscriber_queue") {
         cx.capacity(v, "bus.subscriber_queue", &mut out.subscriber_queue);
     }
-    if let Some(v) = s.take("policy")
-        && let Some(p) = cx.string(v, "bus.policy")
+    if let Some(v) = s.take("policy") {
+        cx.policy(v, "bus.policy", &mut out.policy);
+    }
+    s.finish(cx);
+}
+
+fn shard(cx: &mut Cx, n: &Node, out: &mut ShardConfig) {
+    let Some(mut s) = cx.section(n, "shard") else {
+        return;
+    };
+    let mut count = u64::from(out.count);
+    let mut index = u64::from(out.index);
+    if let Some(v) = s.take("count")
+        && cx.uint(v, "shard.count", &mut count)
+        && !(1..=1024).contains(&count)
     {
-        match parse_policy(&p) {
-            Some(p) => out.policy = p,
-            None => cx.problem(
-                v.loc,
-                "bus.policy",
-                "expected block, drop_oldest, drop_newest, conflate or disconnect",
-            ),
-        }
+        cx.problem(v.loc, "shard.count", "expected 1 to 1024 engines");
+    }
+    if let Some(v) = s.take("index")
+        && cx.uint(v, "shard.index", &mut index)
+        && index >= count
+    {
+        cx.problem(
+            v.loc,
+            "shard.index",
+            &format!("must be below shard.count ({count})"),
+        );
+    }
+    if (1..=1024).contains(&count) && index < count {
+        *out = ShardConfig {
+            count: count as u32,
+            index: index as u32,
+        };
     }
     s.finish(cx);
 }
@@ -620,28 +666,37 @@ fn root_loc(root: &Node, key: &str) -> Loc {
     root.loc
 }
 
-/// Parses a duration such as `250ms`, `10s`, `1m`, `1h`, `500us` or `0`.
+/// Parses a duration such as `250ms`, `10s`, `1m`, `1h`, `500us`, `0`, or a sum of parts
+/// such as `23h30m`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s == "0" {
+    let mut rest = s.trim();
+    if rest == "0" {
         return Some(Duration::ZERO);
     }
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-    let (num, unit) = s.split_at(split);
-    if num.is_empty() {
-        return None;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let (num, after) = rest.split_at(split);
+        if num.is_empty() {
+            return None;
+        }
+        let n: f64 = num.parse().ok()?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let nanos_per = match unit.trim() {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += n * nanos_per;
+        rest = next;
     }
-    let n: f64 = num.parse().ok()?;
-    let nanos_per = match unit.trim() {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" => 60e9,
-        "h" => 3600e9,
-        _ => return None,
-    };
-    let total = n * nanos_per;
     (total.is_finite() && total < 1e18).then(|| Duration::from_nanos(total as u64))
 }
 
@@ -838,26 +893,155 @@ impl Cx {
         }
     }
 
-    fn backend(&mut self, n: &Node, path: &str, out: &mut Backend) {
-        if let Some(b) = self.string(n, path) {
-            match b.as_str() {
-                "memory" => *out = Backend::Memory,
-                "redis" => self.problem(
+    fn store_backend(&mut self, n: &Node, settings: Option<&Node>, out: &mut StoreBackend) {
+        let path = "snapshot_store.backend";
+        let Some(b) = self.string(n, path) else {
+            return;
+        };
+        match b.as_str() {
+            "memory" => {
+                *out = StoreBackend::Memory;
+                if let Some(r) = settings {
+                    self.problem(r.loc, "snapshot_store.redis", "only used with backend redis");
+                }
+            }
+            "redis" if !cfg!(feature = "redis") => self.problem(
+                n.loc,
+                path,
+                "backend `redis` needs meltica built with the `redis` feature (cargo build --features redis)",
+            ),
+            "redis" => {
+                let mut r = RedisConfig::default();
+                if let Some(node) = settings
+                    && let Some(mut s) = self.section(node, "snapshot_store.redis")
+                {
+                    if let Some(v) = s.take("url") {
+                        self.url(
+                            v,
+                            "snapshot_store.redis.url",
+                            &["redis://", "rediss://"],
+                            &mut r.url,
+                        );
+                    }
+                    if let Some(v) = s.take("prefix") {
+                        self.name(v, "snapshot_store.redis.prefix", &mut r.prefix);
+                    }
+                    s.finish(self);
+                }
+                *out = StoreBackend::Redis(r);
+            }
+            _ => self.problem(
+                n.loc,
+                path,
+                &format!("unknown backend {b:?}; expected memory or redis"),
+            ),
+        }
+    }
+
+    fn bus_backend(&mut self, n: &Node, settings: Option<&Node>, out: &mut BusBackend) {
+        let path = "bus.backend";
+        let Some(b) = self.string(n, path) else {
+            return;
+        };
+        match b.as_str() {
+            "memory" => {
+                *out = BusBackend::Memory;
+                if let Some(r) = settings {
+                    self.problem(r.loc, "bus.nats", "only used with backend nats");
+                }
+            }
+            "nats" if !cfg!(feature = "nats") => self.problem(
+                n.loc,
+                path,
+                "backend `nats` needs meltica built with the `nats` feature (cargo build --features nats)",
+            ),
+            "nats" => {
+                let mut c = NatsConfig::default();
+                if let Some(node) = settings
+                    && let Some(mut s) = self.section(node, "bus.nats")
+                {
+                    if let Some(v) = s.take("url") {
+                        self.url(v, "bus.nats.url", &["nats://", "tls://"], &mut c.url);
+                    }
+                    if let Some(v) = s.take("subject_prefix") {
+                        self.name(v, "bus.nats.subject_prefix", &mut c.subject_prefix);
+                    }
+                    if let Some(v) = s.take("engine_id") {
+                        self.name(v, "bus.nats.engine_id", &mut c.engine_id);
+                    }
+                    if let Some(v) = s.take("control") {
+                        self.boolean(v, "bus.nats.control", &mut c.control);
+                    }
+                    if let Some(v) = s.take("queue") {
+                        self.capacity(v, "bus.nats.queue", &mut c.queue);
+                    }
+                    if let Some(v) = s.take("policy") {
+                        self.policy(v, "bus.nats.policy", &mut c.policy);
+                    }
+                    if let Some(v) = s.take("jetstream")
+                        && let Some(mut j) = self.section(v, "bus.nats.jetstream")
+                    {
+                        let mut js = JetStreamConfig::default();
+                        if let Some(v) = j.take("stream") {
+                            self.name(v, "bus.nats.jetstream.stream", &mut js.stream);
+                        }
+                        if let Some(v) = j.take("max_age") {
+                            self.duration(v, "bus.nats.jetstream.max_age", &mut js.max_age);
+                        }
+                        if let Some(v) = j.take("max_msgs") {
+                            self.uint(v, "bus.nats.jetstream.max_msgs", &mut js.max_msgs);
+                        }
+                        if let Some(v) = j.take("duplicate_window") {
+                            self.positive_duration(
+                                v,
+                                "bus.nats.jetstream.duplicate_window",
+                                &mut js.duplicate_window,
+                            );
+                        }
+                        j.finish(self);
+                        c.jetstream = Some(js);
+                    }
+                    s.finish(self);
+                }
+                *out = BusBackend::Nats(c);
+            }
+            _ => self.problem(
+                n.loc,
+                path,
+                &format!("unknown backend {b:?}; expected memory or nats"),
+            ),
+        }
+    }
+
+    fn policy(&mut self, n: &Node, path: &str, out: &mut BackpressurePolicy) {
+        if let Some(p) = self.string(n, path) {
+            match parse_policy(&p) {
+                Some(p) => *out = p,
+                None => self.problem(
                     n.loc,
                     path,
-                    "backend `redis` needs meltica built with the `redis` feature",
-                ),
-                "nats" => self.problem(
-                    n.loc,
-                    path,
-                    "backend `nats` needs meltica built with the `nats` feature",
-                ),
-                _ => self.problem(
-                    n.loc,
-                    path,
-                    &format!("unknown backend {b:?}; expected memory"),
+                    "expected block, drop_oldest, drop_newest, conflate or disconnect",
                 ),
             }
+        }
+    }
+
+    /// A name used in keys and subjects: letters, digits, `-` and `_`.
+    fn name(&mut self, n: &Node, path: &str, out: &mut String) {
+        let Some(v) = self.string(n, path) else {
+            return;
+        };
+        if !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            *out = v;
+        } else {
+            self.problem(
+                n.loc,
+                path,
+                &format!("{v:?}: use letters, digits, `-` and `_` only"),
+            );
         }
     }
 
@@ -899,6 +1083,8 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("23h30m"), Some(Duration::from_secs(84_600)));
+        assert_eq!(parse_duration("1m30"), None);
         assert_eq!(parse_duration("10 parsecs"), None);
         assert_eq!(parse_duration("ms"), None);
         assert_eq!(parse_duration("10"), None);

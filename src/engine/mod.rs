@@ -135,7 +135,8 @@ pub struct FrameSource {
 
 impl FrameSource {
     /// Ingests one WebSocket text frame (combined-stream or raw). Replies to requests
-    /// (`{"result":…,"id":…}`) are accepted and ignored. Blocks while the pipeline is full.
+    /// (`{"result":…,"id":…}`) and shutdown notices are accepted and ignored. Blocks while
+    /// the pipeline is full.
     pub fn push_frame(&self, text: &str) -> Result<(), FrameError> {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.frames.fetch_add(1, Relaxed);
@@ -146,7 +147,7 @@ impl FrameSource {
                     .send(Ingress::Raw(raw))
                     .map_err(|_| FrameError::Closed)
             }
-            Ok(Frame::Response(_)) => Ok(()),
+            Ok(Frame::Response(_) | Frame::ServerShutdown) => Ok(()),
             Err(e) => {
                 match e {
                     ParseError::Malformed => &self.stats.malformed,

@@ -198,16 +198,27 @@ impl Hub {
         }
     }
 
-    /// Publishes the events of one market step of symbol `sym`.
-    pub fn publish_step(&self, sym: usize, out: &StepOutput, ms: u64, buf: &mut String) {
+    /// Publishes the events of one market step of symbol `sym`. With `drop_depth` the
+    /// step's depth diff is withheld from every client (a gap fault); returns whether that
+    /// withheld a diff somebody was subscribed to.
+    pub fn publish_step(
+        &self,
+        sym: usize,
+        out: &StepOutput,
+        ms: u64,
+        buf: &mut String,
+        drop_depth: bool,
+    ) -> bool {
         let slots = self.slots.read();
         let base = sym * KINDS.len();
         let symbol = self.symbols[sym].as_str();
         let (depth, depth_fast) = (&slots[base + DEPTH], &slots[base + DEPTH_100MS]);
-        let withhold = self.skip_depth[sym]
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok();
-        if !withhold && (!depth.is_empty() || !depth_fast.is_empty()) {
+        let listened = !depth.is_empty() || !depth_fast.is_empty();
+        let withhold = drop_depth
+            || self.skip_depth[sym]
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+        if !withhold && listened {
             buf.clear();
             events::depth_update(buf, ms, symbol, out);
             self.fan_out(depth, base + DEPTH, buf);
@@ -232,6 +243,7 @@ impl Hub {
             events::book_ticker(buf, out.last_id, symbol, out.top);
             self.fan_out(tickers, base + BOOK_TICKER, buf);
         }
+        drop_depth && listened
     }
 
     /// Withholds the next `n` depth diffs of symbol `sym`.

@@ -13,8 +13,72 @@
 //! changed level, so a `depthUpdate` spans `U..=u` with `u - U + 1` equal to the number of
 //! levels it carries, and consecutive diffs satisfy `next.U == prev.u + 1`. Snapshots and
 //! [`Simulator::book_at`] exist only for the final id `u` of a step.
+//!
+//! REST limits: every request is charged its Binance weight against one per-minute meter
+//! (all loopback clients share an IP, and Binance counts per IP), reported in
+//! `x-mbx-used-weight-1m`. Beyond [`SimulatorConfig::rest_weight_limit`] (6000 by default)
+//! requests get `429` with `Retry-After` until the minute ends, counted by
+//! [`Simulator::limit_429_count`]. A request sent before a 429's `Retry-After` has passed
+//! gets 429 again; the third such request in a row bans the IP: `418` with `Retry-After`
+//! for [`SimulatorConfig::rest_ban`]. Those are counted by
+//! [`Simulator::ignored_retry_after_count`], so a test can fail on any REST traffic a
+//! well-behaved client would not have sent.
+//!
+//! # Fault injection
+//!
+//! Faults start from [`SimulatorConfig::faults`] and can be switched at any time through
+//! [`Simulator::faults`]; [`FaultConfig::all`] turns every one on at a rate a one-minute
+//! soak survives. [`Faults::stats`] counts what was injected. Faults are transport faults:
+//! the market, [`Simulator::book_at`] and snapshots stay exact, so a client's book can
+//! always be checked against the truth.
+//!
+//! - **Gaps** (`gap_rate`): a depth diff of a symbol is withheld from every subscriber, so
+//!   all clients see the same update-id gap (as with [`Simulator::inject_gaps`]). The client
+//!   must notice `U != prev.u + 1` and resync from a snapshot.
+//! - **Duplicates** (`duplicate_rate`): a data frame is sent twice on one connection; the
+//!   second copy of a diff has `u <= prev.u` and must be ignored, not treated as a gap.
+//! - **Reordering** (`reorder_rate`): a data frame is held back and sent right after the next
+//!   data frame of the same connection. For a depth stream that is a gap followed by a stale
+//!   diff; the client must resync.
+//! - **Malformed, truncated and unknown frames** (`malformed_rate`, `truncated_rate`,
+//!   `unknown_event_rate`): extra text frames after a real one — invalid JSON, the first half
+//!   of the real frame, or `{"stream":"btcusdt@foo","data":{"e":"mystery",..}}` (raw
+//!   connections get the bare `data` object). They never replace a real diff, so on their own
+//!   they cause no gap; the client should count and skip them without reconnecting.
+//! - **Abrupt disconnects** (`disconnect_rate`): the TCP connection is shut down with no
+//!   close frame. The client reconnects with backoff and resyncs.
+//! - **Half-open connections** (`half_open_rate`, `half_open_for`): the server stops sending
+//!   frames and pings and stops reading (client pings go unanswered) but keeps the socket
+//!   open, until `half_open_for` passes (then it is dropped without a close frame) or the
+//!   client hangs up. Only a client-side watchdog on silence can notice.
+//! - **Stalled streams** (`stall_rate`, `stall_for`): data frames stop while pings, pongs and
+//!   replies to requests continue, for `stall_for` (then data resumes with a gap) or for the
+//!   rest of the connection. A watchdog that counts pings as traffic never notices; the client
+//!   must watch data per stream.
+//! - **Planned disconnects** (`planned_disconnect_rate`, `max_connection_age`): the server
+//!   sends Binance's notice `{"e":"serverShutdown","E":<ms>}` as a text frame, keeps
+//!   streaming for `shutdown_grace` (1 s by default), then sends a close frame (1001) and
+//!   closes. `max_connection_age` does the same when a connection reaches that age, like
+//!   Binance's 24-hour cut shortened. The client should open a new connection and resubscribe
+//!   during the grace period and switch over once the new streams flow, so its books never
+//!   go stale.
+//! - **REST 429/418** (`rest_429_rate`, `rest_418_after`): a request is answered `429` with
+//!   `Retry-After` (`rest_429_retry_after`, whole seconds); after `rest_418_after` injected
+//!   429s the next is a `418` that bans the IP for `rest_418_retry_after`. These are counted
+//!   apart from the limit 429s ([`Simulator::injected_429_count`] and
+//!   [`FaultStats::rest_418`]). The client must wait out `Retry-After` for all REST traffic.
+//! - **Slow snapshots** (`slow_snapshot_rate`, `slow_snapshot_delay`): the depth snapshot is
+//!   taken on arrival and sent after the delay, so diffs newer than it queue up meanwhile.
+//! - **Failed snapshots** (`failed_snapshot_rate`): half are `500` with Binance's `-1001`
+//!   error body, half announce the full `Content-Length`, send half the body and close the
+//!   connection. The client retries the snapshot.
+//!
+//! Connection faults are drawn every 10 ms, at most one at a time per connection; frame faults
+//! per frame from a per-connection generator seeded from [`SimulatorConfig::seed`]. Fault
+//! timing depends on thread scheduling, so runs are not bit-for-bit repeatable.
 
 mod events;
+mod faults;
 mod hub;
 mod market;
 mod rest;
@@ -33,6 +97,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::schema::Decimal;
+pub use faults::{FaultConfig, FaultStats, Faults};
 use hub::Hub;
 use market::{Market, StepOutput};
 
@@ -90,6 +155,14 @@ pub struct SimulatorConfig {
     /// Client messages (text, ping, pong) allowed per second per connection before the
     /// connection is cut, as Binance does; `None` disables the check.
     pub client_message_limit: Option<u32>,
+    /// REST request weight allowed per minute (Binance: 6000); beyond it requests get 429
+    /// until the minute ends. `None` disables the limit.
+    pub rest_weight_limit: Option<u32>,
+    /// Length of the IP ban (418) for a client that keeps sending inside a `Retry-After`
+    /// window (Binance: from 2 minutes up).
+    pub rest_ban: Duration,
+    /// Faults injected from the start; change them later through [`Simulator::faults`].
+    pub faults: FaultConfig,
 }
 
 impl Default for SimulatorConfig {
@@ -110,6 +183,9 @@ impl Default for SimulatorConfig {
             history: 4096,
             send_queue: 65_536,
             client_message_limit: Some(5),
+            rest_weight_limit: Some(6000),
+            rest_ban: Duration::from_secs(120),
+            faults: FaultConfig::default(),
         }
     }
 }
@@ -135,7 +211,8 @@ pub(crate) struct Shared {
     pub step_gate: Mutex<()>,
     pub frames_sent: AtomicU64,
     pub conn_threads: Mutex<Vec<JoinHandle<()>>>,
-    pub weight: rest::WeightMeter,
+    pub rest: rest::RestLimits,
+    pub faults: Faults,
     pub client: ClientAccounting,
     /// When each depth snapshot was served, and for which symbol.
     pub depth_served: Mutex<Vec<(Instant, String)>>,
@@ -198,6 +275,7 @@ impl Simulator {
         let listener = TcpListener::bind(cfg.addr)?;
         let addr = listener.local_addr()?;
         let hub = Hub::new(&cfg.symbols);
+        let faults = Faults::new(&cfg.faults);
         let shared = Arc::new(Shared {
             cfg,
             markets,
@@ -207,7 +285,8 @@ impl Simulator {
             step_gate: Mutex::new(()),
             frames_sent: AtomicU64::new(0),
             conn_threads: Mutex::new(Vec::new()),
-            weight: rest::WeightMeter::default(),
+            rest: rest::RestLimits::default(),
+            faults,
             client: ClientAccounting::default(),
             depth_served: Mutex::new(Vec::new()),
         });
@@ -344,6 +423,51 @@ impl Simulator {
         self.shared.paused.store(paused, Ordering::Release);
     }
 
+    /// The live fault switches and counters of what was injected.
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    /// Every 429 answered: injected, over the weight limit, and inside a `Retry-After`
+    /// window.
+    pub fn rest_429_count(&self) -> u64 {
+        let r = &self.shared.rest;
+        self.injected_429_count()
+            + r.limit_429.load(Ordering::Relaxed)
+            + r.early_429.load(Ordering::Relaxed)
+    }
+
+    /// Every 418 answered: injected bans, and bans earned by ignoring `Retry-After`
+    /// (including requests sent during a ban).
+    pub fn rest_418_count(&self) -> u64 {
+        self.shared.faults.count.rest_418.load(Ordering::Relaxed)
+            + self.shared.rest.ban_418.load(Ordering::Relaxed)
+    }
+
+    /// 429s earned by exceeding [`SimulatorConfig::rest_weight_limit`] within a minute. A
+    /// client that keeps to the budget never sees one.
+    pub fn limit_429_count(&self) -> u64 {
+        self.shared.rest.limit_429.load(Ordering::Relaxed)
+    }
+
+    /// 429s injected by [`FaultConfig::rest_429_rate`].
+    pub fn injected_429_count(&self) -> u64 {
+        self.shared.faults.count.rest_429.load(Ordering::Relaxed)
+    }
+
+    /// Requests that arrived before an earlier 429's or 418's `Retry-After` had passed
+    /// (answered 429, or 418 once the client is banned). A client that honours
+    /// `Retry-After` never sends one.
+    pub fn ignored_retry_after_count(&self) -> u64 {
+        self.shared.rest.early.load(Ordering::Relaxed)
+    }
+
+    /// The most request weight used within one wall-clock minute, rejected requests
+    /// included.
+    pub fn rest_weight_peak_per_minute(&self) -> u64 {
+        self.shared.rest.peak()
+    }
+
     /// Stops all threads and releases the port (same as dropping).
     pub fn shutdown(self) {}
 
@@ -394,6 +518,10 @@ fn validate(cfg: &SimulatorConfig) -> std::io::Result<()> {
     if !cfg.trades_per_step.is_finite() || cfg.trades_per_step < 0.0 {
         return bad("trades_per_step must be a non-negative number".into());
     }
+    let problems = cfg.faults.problems();
+    if !problems.is_empty() {
+        return bad(problems.join("; "));
+    }
     for (i, s) in cfg.symbols.iter().enumerate() {
         if s.symbol.is_empty()
             || !s
@@ -436,6 +564,7 @@ fn market_loop(shared: &Shared) {
     let n = shared.cfg.symbols.len();
     let mut outs: Vec<StepOutput> = (0..n).map(|_| StepOutput::default()).collect();
     let mut scratch = String::with_capacity(4096);
+    let mut rng = fastrand::Rng::with_seed(shared.cfg.seed ^ 0x6761_7073);
     let mut next_ticker: Vec<Instant> = vec![Instant::now() + Duration::from_secs(1); n];
     let period = Duration::from_nanos(1_000_000_000 / u64::from(rate.max(1)));
     let mut origin = Instant::now();
@@ -466,9 +595,16 @@ fn market_loop(shared: &Shared) {
             continue;
         }
         let ms = now_ms();
+        let gap_rate = shared.faults.gap_rate();
         for (i, out) in outs.iter_mut().enumerate() {
             shared.markets[i].lock().step(out);
-            shared.hub.publish_step(i, out, ms, &mut scratch);
+            let drop_depth = faults::roll(&mut rng, gap_rate);
+            if shared
+                .hub
+                .publish_step(i, out, ms, &mut scratch, drop_depth)
+            {
+                faults::bump(&shared.faults.count.gaps);
+            }
             if now >= next_ticker[i] {
                 next_ticker[i] = now + Duration::from_secs(1);
                 shared

@@ -178,26 +178,27 @@ pub(crate) fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Res
     Ok(Head::Request(req))
 }
 
-/// Writes a complete HTTP response.
-pub(crate) fn write_response(
-    stream: &mut TcpStream,
+/// Status line and headers of a response whose body is `body_len` bytes long.
+fn response_head(
     status: u16,
     extra_headers: &[(&str, String)],
-    body: &str,
+    body_len: usize,
     keep_alive: bool,
-) -> io::Result<()> {
+) -> String {
     let reason = match status {
         101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        418 => "I'm a teapot",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
         _ => "Error",
     };
     let mut head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\nConnection: {}\r\n",
-        body.len(),
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {body_len}\r\nConnection: {}\r\n",
         if keep_alive { "keep-alive" } else { "close" }
     );
     for (k, v) in extra_headers {
@@ -207,8 +208,34 @@ pub(crate) fn write_response(
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
-    let mut out = head.into_bytes();
+    head
+}
+
+/// Writes a complete HTTP response.
+pub(crate) fn write_response(
+    stream: &mut TcpStream,
+    status: u16,
+    extra_headers: &[(&str, String)],
+    body: &str,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let mut out = response_head(status, extra_headers, body.len(), keep_alive).into_bytes();
     out.extend_from_slice(body.as_bytes());
+    stream.write_all(&out)?;
+    stream.flush()
+}
+
+/// Writes a head announcing all of `body` but only its first `cut` bytes; the caller then
+/// closes the connection.
+pub(crate) fn write_truncated_response(
+    stream: &mut TcpStream,
+    status: u16,
+    extra_headers: &[(&str, String)],
+    body: &str,
+    cut: usize,
+) -> io::Result<()> {
+    let mut out = response_head(status, extra_headers, body.len(), false).into_bytes();
+    out.extend_from_slice(&body.as_bytes()[..cut.min(body.len())]);
     stream.write_all(&out)?;
     stream.flush()
 }
@@ -257,6 +284,9 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, ctl: &Arc<super
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let mut buf = Vec::new();
+    let mut rng = fastrand::Rng::with_seed(
+        shared.cfg.seed ^ 0x7265_7374 ^ ctl.id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
     loop {
         if shared.stopping() || ctl.killed() {
             return;
@@ -275,7 +305,7 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, ctl: &Arc<super
             return;
         }
         let keep = req.keep_alive();
-        if rest::handle(shared, &mut stream, &req, keep).is_err() || !keep {
+        if rest::handle(shared, &mut stream, &req, keep, &mut rng).is_err() || !keep {
             return;
         }
     }

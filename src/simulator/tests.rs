@@ -687,3 +687,687 @@ fn more_than_five_client_messages_a_second_cut_the_connection() {
         "LIST_SUBSCRIPTIONS is not logged"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Fault injection
+
+/// One thing read from a WebSocket with a read timeout set.
+#[derive(Debug)]
+enum Got {
+    Text(String),
+    Ping,
+    Pong,
+    Close,
+    /// The read timed out.
+    Quiet,
+    /// The connection ended without a close frame (or after one).
+    Ended,
+}
+
+fn read_got(ws: &mut Ws) -> Got {
+    match ws.read() {
+        Ok(Message::Text(t)) => Got::Text(t.as_str().to_owned()),
+        Ok(Message::Ping(_)) => Got::Ping,
+        Ok(Message::Pong(_)) => Got::Pong,
+        Ok(Message::Close(_)) => Got::Close,
+        Ok(_) => Got::Quiet,
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Got::Quiet
+        }
+        Err(_) => Got::Ended,
+    }
+}
+
+fn set_read_timeout(ws: &mut Ws, d: Duration) {
+    ws.get_mut().set_read_timeout(Some(d)).unwrap();
+}
+
+/// `(U, u)` of a combined-stream depth diff; `None` for anything else.
+fn diff_ids(text: &str) -> Option<(u64, u64)> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    let d = &v["data"];
+    if d["e"] != "depthUpdate" {
+        return None;
+    }
+    Some((d["U"].as_u64()?, d["u"].as_u64()?))
+}
+
+/// The next `n` depth diffs, skipping other frames.
+fn next_diffs(ws: &mut Ws, n: usize) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        if let Some(ids) = diff_ids(next_json(ws).to_string().as_str()) {
+            out.push(ids);
+        }
+    }
+    out
+}
+
+fn with_faults(updates_per_sec: u32, faults: FaultConfig) -> SimulatorConfig {
+    SimulatorConfig {
+        faults,
+        client_message_limit: None,
+        ..config(updates_per_sec)
+    }
+}
+
+fn depth_url(sim: &Simulator, symbols: &[&str]) -> String {
+    let streams: Vec<String> = symbols.iter().map(|s| format!("{s}@depth")).collect();
+    format!("{}?streams={}", sim.ws_url(), streams.join("/"))
+}
+
+/// Reads until the connection ends; returns whether a close frame came first.
+fn read_to_end(ws: &mut Ws) -> bool {
+    set_read_timeout(ws, Duration::from_millis(50));
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        assert!(Instant::now() < deadline, "connection never ended");
+        match read_got(ws) {
+            Got::Close => return true,
+            Got::Ended => return false,
+            _ => {}
+        }
+    }
+}
+
+/// A `Connection: close` GET read to EOF: status, headers, body bytes and whether the body
+/// was as long as `Content-Length` said.
+fn raw_get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = std::str::from_utf8(&all[..end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = all[end + 4..].to_vec();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let complete = body.len() == len;
+    (status, headers, body, complete)
+}
+
+#[test]
+fn gap_fault_withholds_the_same_diffs_from_every_client() {
+    let faults = FaultConfig {
+        gap_rate: 0.2,
+        ..FaultConfig::none()
+    };
+    let sim = Simulator::start(with_faults(200, faults)).unwrap();
+    let url = depth_url(&sim, &["btcusdt"]);
+    let mut a = ws_connect(&url, sim.addr());
+    let mut b = ws_connect(&url, sim.addr());
+    let da = next_diffs(&mut a, 120);
+    let db = next_diffs(&mut b, 120);
+    assert!(sim.faults().stats().gaps > 0);
+    let lo = da[0].1.max(db[0].1);
+    let hi = da.last().unwrap().1.min(db.last().unwrap().1);
+    assert!(lo < hi, "no overlap");
+    let within = |d: &[(u64, u64)]| -> Vec<(u64, u64)> {
+        d.iter()
+            .copied()
+            .filter(|&(_, u)| (lo..=hi).contains(&u))
+            .collect()
+    };
+    assert_eq!(within(&da), within(&db), "both clients see the same gaps");
+    let mut gaps = 0;
+    for w in da.windows(2) {
+        let ((_, prev), (next, _)) = (w[0], w[1]);
+        assert!(next > prev, "diffs stay in order");
+        if next != prev + 1 {
+            gaps += 1;
+            // The market itself went through the withheld step.
+            assert!(sim.book_at("BTCUSDT", next - 1).is_some());
+        }
+    }
+    assert!(gaps > 0);
+}
+
+#[test]
+fn duplicates_repeat_the_same_update_id_and_switch_off_at_runtime() {
+    let sim = Simulator::start(with_faults(200, FaultConfig::none())).unwrap();
+    let mut ws = ws_connect(&depth_url(&sim, &["btcusdt"]), sim.addr());
+    let clean = next_diffs(&mut ws, 5);
+    assert!(clean.windows(2).all(|w| w[1].0 == w[0].1 + 1));
+
+    sim.faults().update(|f| f.duplicate_rate = 1.0);
+    wait_until("a duplicate", || sim.faults().stats().duplicates > 0);
+    // Every frame now comes twice in a row; pairs still follow each other without gaps.
+    let mut prev = next_diffs(&mut ws, 1)[0];
+    loop {
+        let d = next_diffs(&mut ws, 1)[0];
+        if d == prev {
+            break;
+        }
+        prev = d;
+    }
+    let pairs = next_diffs(&mut ws, 20);
+    for p in pairs.chunks(2) {
+        assert_eq!(p[0], p[1], "each diff twice: {pairs:?}");
+    }
+    for w in pairs.chunks(2).collect::<Vec<_>>().windows(2) {
+        assert_eq!(w[1][0].0, w[0][0].1 + 1);
+    }
+
+    sim.faults().clear();
+    let before = sim.faults().stats().duplicates;
+    std::thread::sleep(Duration::from_millis(50));
+    let mut run = 0;
+    let mut last = 0;
+    while run < 20 {
+        let (first, u) = next_diffs(&mut ws, 1)[0];
+        run = if first == last + 1 { run + 1 } else { 0 };
+        last = u;
+    }
+    assert!(sim.faults().stats().duplicates - before <= 2);
+}
+
+#[test]
+fn reorder_swaps_two_consecutive_frames() {
+    let faults = FaultConfig {
+        reorder_rate: 0.3,
+        ..FaultConfig::none()
+    };
+    let sim = Simulator::start(with_faults(200, faults)).unwrap();
+    let mut ws = ws_connect(&depth_url(&sim, &["btcusdt"]), sim.addr());
+    let d = next_diffs(&mut ws, 200);
+    let mut swaps = 0;
+    let mut i = 1;
+    while i < d.len() {
+        if d[i].1 < d[i - 1].1 {
+            // The later diff came first, the held one right after it.
+            assert_eq!(
+                d[i - 1].0,
+                d[i].1 + 1,
+                "adjacent swap at {i}: {:?}",
+                &d[i - 1..=i]
+            );
+            swaps += 1;
+        }
+        i += 1;
+    }
+    assert!(swaps > 0);
+    assert!(sim.faults().stats().reorders >= swaps);
+    // Nothing is lost: every id range arrives exactly once.
+    let mut sorted = d.clone();
+    sorted.sort();
+    let start = sorted.iter().position(|x| *x == d[0]).unwrap();
+    assert!(
+        sorted[start..].windows(2).all(|w| w[1].0 == w[0].1 + 1),
+        "gap after sorting"
+    );
+}
+
+#[test]
+fn junk_frames_come_on_top_of_real_diffs() {
+    let faults = FaultConfig {
+        malformed_rate: 0.2,
+        truncated_rate: 0.2,
+        unknown_event_rate: 0.2,
+        ..FaultConfig::none()
+    };
+    let sim = Simulator::start(with_faults(200, faults)).unwrap();
+    let mut ws = ws_connect(&depth_url(&sim, &["btcusdt"]), sim.addr());
+    let (mut malformed, mut truncated, mut unknown) = (0, 0, 0);
+    let mut last_real = String::new();
+    let mut diffs: Vec<(u64, u64)> = Vec::new();
+    while diffs.len() < 200 {
+        let Got::Text(t) = read_got(&mut ws) else {
+            continue;
+        };
+        match serde_json::from_str::<Value>(&t) {
+            Ok(v) if v["data"]["e"] == "mystery" => {
+                assert_eq!(v["stream"], "btcusdt@foo");
+                assert_eq!(v["data"]["s"], "BTCUSDT");
+                unknown += 1;
+            }
+            Ok(_) => {
+                diffs.push(diff_ids(&t).expect("a depth diff"));
+                last_real = t;
+            }
+            Err(_) if !t.is_empty() && last_real.starts_with(&t) => {
+                assert_eq!(t.len(), last_real.len() / 2);
+                truncated += 1;
+            }
+            Err(_) => malformed += 1,
+        }
+    }
+    assert!(malformed > 0 && truncated > 0 && unknown > 0);
+    assert!(
+        diffs.windows(2).all(|w| w[1].0 == w[0].1 + 1),
+        "junk frames never replace a diff"
+    );
+    let s = sim.faults().stats();
+    assert!(s.malformed >= malformed && s.truncated >= truncated && s.unknown >= unknown);
+    assert_eq!(s.gaps + s.duplicates + s.reorders, 0);
+}
+
+#[test]
+fn abrupt_disconnect_sends_no_close_frame() {
+    let sim = Simulator::start(with_faults(100, FaultConfig::none())).unwrap();
+    let mut ws = ws_connect(&depth_url(&sim, &["btcusdt"]), sim.addr());
+    next_diffs(&mut ws, 1);
+    sim.faults().update(|f| f.disconnect_rate = 1000.0);
+    assert!(!read_to_end(&mut ws), "no close frame");
+    assert_eq!(sim.faults().stats().disconnects, 1);
+    wait_until("connection gone", || sim.connection_count() == 0);
+}
+
+#[test]
+fn half_open_connection_stops_pings_and_pongs_but_stays_open() {
+    let cfg = SimulatorConfig {
+        ping_interval: Duration::from_millis(50),
+        ..with_faults(100, FaultConfig::none())
+    };
+    let sim = Simulator::start(cfg).unwrap();
+    let mut ws = ws_connect(&depth_url(&sim, &["btcusdt"]), sim.addr());
+    set_read_timeout(&mut ws, Duration::from_millis(20));
+    let mut pings = 0;
+    while pings < 2 {
+        if let Got::Ping = read_got(&mut ws) {
+            pings += 1;
+        }
+    }
+    sim.faults().update(|f| {
+        f.half_open_rate = 1000.0;
+        f.half_open_for = None;
+    });
+    wait_until("half-open", || sim.faults().stats().half_open == 1);
+    sim.faults().clear();
+    // Whatever was in flight arrives; then nothing at all, though the socket is open.
+    std::thread::sleep(Duration::from_millis(50));
+    while !matches!(read_got(&mut ws), Got::Quiet) {}
+    ws.send(Message::Ping(Default::default())).unwrap();
+    let quiet_until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < quiet_until {
+        match read_got(&mut ws) {
+            Got::Quiet => {}
+            other => panic!("half-open connection delivered {other:?}"),
+        }
+    }
+    assert_eq!(sim.connection_count(), 1, "the socket is still open");
+    assert_eq!(sim.subscription_count(), 0);
+    // The client's watchdog gives up; the server side notices and cleans up.
+    drop(ws);
+    wait_until("cleanup", || sim.connection_count() == 0);
+}
+
+#[test]
+fn stalled_stream_keeps_pings_and_replies() {
+    let cfg = SimulatorConfig {
+        ping_interval: Duration::from_millis(50),
+        ..with_faults(200, FaultConfig::none())
+    };
+    let sim = Simulator::start(cfg).unwrap();
+    let mut ws = ws_connect(&depth_url(&sim, &["btcusdt"]), sim.addr());
+    next_diffs(&mut ws, 3);
+    sim.faults().update(|f| {
+        f.stall_rate = 1000.0;
+        f.stall_for = None;
+    });
+    wait_until("stall", || sim.faults().stats().stalls == 1);
+    sim.faults().clear();
+    set_read_timeout(&mut ws, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(50));
+    while !matches!(read_got(&mut ws), Got::Quiet) {}
+    let (mut pings, until) = (0, Instant::now() + Duration::from_millis(400));
+    while Instant::now() < until {
+        match read_got(&mut ws) {
+            Got::Ping => pings += 1,
+            Got::Quiet => {}
+            other => panic!("stalled stream delivered {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "pings continue: {pings}");
+    set_read_timeout(&mut ws, TIMEOUT);
+    let r = request(&mut ws, "LIST_SUBSCRIPTIONS", json!([]), 9);
+    assert_eq!(r["result"], json!(["btcusdt@depth"]));
+    assert_eq!(sim.connection_count(), 1);
+}
+
+#[test]
+fn stall_with_an_end_resumes_with_a_gap() {
+    let faults = FaultConfig {
+        stall_rate: 1000.0,
+        stall_for: Some(Duration::from_millis(200)),
+        ..FaultConfig::none()
+    };
+    let sim = Simulator::start(with_faults(200, faults)).unwrap();
+    let mut ws = ws_connect(&depth_url(&sim, &["btcusdt"]), sim.addr());
+    set_read_timeout(&mut ws, TIMEOUT);
+    wait_until("stall", || sim.faults().stats().stalls >= 1);
+    sim.faults().clear();
+    let d = next_diffs(&mut ws, 50);
+    assert!(
+        d.windows(2).any(|w| w[1].0 > w[0].1 + 1),
+        "data resumed after a gap: {d:?}"
+    );
+}
+
+#[test]
+fn server_shutdown_notice_then_close_after_the_grace() {
+    let grace = Duration::from_millis(300);
+    let sim = Simulator::start(with_faults(200, FaultConfig::none())).unwrap();
+    let mut ws = ws_connect(&depth_url(&sim, &["btcusdt"]), sim.addr());
+    next_diffs(&mut ws, 2);
+    sim.faults().update(|f| {
+        f.planned_disconnect_rate = 1000.0;
+        f.shutdown_grace = grace;
+    });
+    let notice_at = loop {
+        let v = next_json(&mut ws);
+        if v["e"] == "serverShutdown" {
+            assert!(v["E"].as_u64().unwrap() > 1_600_000_000_000);
+            assert!(v.get("stream").is_none());
+            break Instant::now();
+        }
+    };
+    sim.faults().clear();
+    // A client opens its replacement during the grace period.
+    let mut replacement = ws_connect(&depth_url(&sim, &["btcusdt"]), sim.addr());
+    set_read_timeout(&mut ws, Duration::from_millis(20));
+    let mut during = 0;
+    let closed_at = loop {
+        match read_got(&mut ws) {
+            Got::Text(t) => during += usize::from(diff_ids(&t).is_some()),
+            Got::Close => break Instant::now(),
+            Got::Ended => panic!("closed without a close frame"),
+            _ => {}
+        }
+    };
+    let waited = closed_at - notice_at;
+    assert!(
+        waited >= grace - Duration::from_millis(20),
+        "closed after {waited:?}"
+    );
+    assert!(
+        waited < grace + Duration::from_secs(1),
+        "closed after {waited:?}"
+    );
+    assert!(during > 10, "data keeps flowing during the grace: {during}");
+    assert_eq!(sim.faults().stats().planned, 1);
+    assert_eq!(next_json(&mut replacement)["stream"], "btcusdt@depth");
+    wait_until("old connection gone", || sim.connection_count() == 1);
+}
+
+#[test]
+fn max_connection_age_shuts_connections_down_at_that_age() {
+    let age = Duration::from_millis(400);
+    let faults = FaultConfig {
+        max_connection_age: Some(age),
+        shutdown_grace: Duration::from_millis(100),
+        ..FaultConfig::none()
+    };
+    let sim = Simulator::start(with_faults(100, faults)).unwrap();
+    let opened = Instant::now();
+    let mut ws = ws_connect(&depth_url(&sim, &["btcusdt"]), sim.addr());
+    let notice_at = loop {
+        if next_json(&mut ws)["e"] == "serverShutdown" {
+            break opened.elapsed();
+        }
+    };
+    assert!(notice_at >= age, "notice after {notice_at:?}");
+    assert!(
+        notice_at < age + Duration::from_millis(500),
+        "notice after {notice_at:?}"
+    );
+    assert!(read_to_end(&mut ws), "close frame after the grace");
+    let closed_at = opened.elapsed();
+    assert!(
+        closed_at >= age + Duration::from_millis(100),
+        "closed after {closed_at:?}"
+    );
+    let s = sim.faults().stats();
+    assert_eq!((s.aged, s.planned), (1, 0));
+}
+
+#[test]
+fn injected_429_carries_retry_after_and_repeats_escalate_to_418() {
+    let faults = FaultConfig {
+        rest_429_rate: 1.0,
+        rest_418_after: 2,
+        rest_429_retry_after: Duration::from_secs(1),
+        rest_418_retry_after: Duration::from_secs(1),
+        ..FaultConfig::none()
+    };
+    let sim = Simulator::start(with_faults(10, faults)).unwrap();
+    let addr = sim.addr();
+    let r = http_get(addr, "/api/v3/depth?symbol=BTCUSDT&limit=5");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.body["code"], -1003);
+    assert!(r.header("x-mbx-used-weight-1m").is_some());
+    assert_eq!((sim.injected_429_count(), sim.limit_429_count()), (1, 0));
+
+    // Not waiting for Retry-After is the client's fault, counted apart.
+    let r = http_get(addr, "/api/v3/ping");
+    assert_eq!(r.status, 429);
+    assert_eq!(sim.ignored_retry_after_count(), 1);
+    assert_eq!(sim.injected_429_count(), 1);
+
+    std::thread::sleep(Duration::from_millis(1000));
+    sim.faults()
+        .update(|f| f.rest_429_retry_after = Duration::ZERO);
+    let r = http_get(addr, "/api/v3/ping");
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("0")));
+    // The third injected rejection is an IP ban.
+    let r = http_get(addr, "/api/v3/ping");
+    assert_eq!((r.status, r.header("retry-after")), (418, Some("1")));
+    assert!(r.body["msg"].as_str().unwrap().contains("banned"));
+    let r = http_get(addr, "/api/v3/ping");
+    assert_eq!(r.status, 418, "still banned");
+    sim.faults().clear();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(http_get(addr, "/api/v3/ping").status, 200);
+
+    let s = sim.faults().stats();
+    assert_eq!((s.rest_429, s.rest_418), (2, 1));
+    assert_eq!(sim.rest_429_count(), 3);
+    assert_eq!(sim.rest_418_count(), 2);
+    assert_eq!(sim.ignored_retry_after_count(), 2);
+    assert_eq!(sim.limit_429_count(), 0);
+}
+
+#[test]
+fn exceeding_the_weight_limit_is_a_counted_429_and_ignoring_it_a_ban() {
+    // Stay clear of a minute boundary, where the meter resets.
+    let into_minute = now_ms() % 60_000;
+    if into_minute > 55_000 {
+        std::thread::sleep(Duration::from_millis(60_500 - into_minute));
+    }
+    let sim = Simulator::start(SimulatorConfig {
+        rest_weight_limit: Some(30),
+        rest_ban: Duration::from_secs(1),
+        ..with_faults(10, FaultConfig::none())
+    })
+    .unwrap();
+    let addr = sim.addr();
+    let info = http_get(addr, "/api/v3/exchangeInfo?symbol=BTCUSDT");
+    assert_eq!(info.body["rateLimits"][0]["limit"], 30);
+    let mut conn = http_connect(addr);
+    // 20 used; depth with limit 100 weighs 5: the third one crosses 30.
+    for expected_used in [25, 30] {
+        let r = http_get_on(&mut conn, "/api/v3/depth?symbol=BTCUSDT&limit=100");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("x-mbx-used-weight-1m"),
+            Some(expected_used.to_string().as_str())
+        );
+    }
+    let r = http_get_on(&mut conn, "/api/v3/depth?symbol=BTCUSDT&limit=100");
+    assert_eq!(r.status, 429);
+    let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&secs), "Retry-After {secs}");
+    assert_eq!(r.header("x-mbx-used-weight-1m"), Some("35"));
+    assert_eq!((sim.limit_429_count(), sim.injected_429_count()), (1, 0));
+    assert_eq!(sim.rest_weight_peak_per_minute(), 35);
+
+    // Two more inside the window: 429, then the third strike bans the IP.
+    assert_eq!(http_get_on(&mut conn, "/api/v3/ping").status, 429);
+    assert_eq!(http_get_on(&mut conn, "/api/v3/ping").status, 429);
+    let r = http_get_on(&mut conn, "/api/v3/ping");
+    assert_eq!((r.status, r.header("retry-after")), (418, Some("1")));
+    assert_eq!(http_get_on(&mut conn, "/api/v3/ping").status, 418);
+    assert_eq!(
+        sim.limit_429_count(),
+        1,
+        "only the first was over the limit"
+    );
+    assert_eq!(sim.ignored_retry_after_count(), 4);
+    assert_eq!((sim.rest_429_count(), sim.rest_418_count()), (3, 2));
+    assert_eq!(sim.faults().stats().total(), 0, "nothing was injected");
+}
+
+#[test]
+fn slow_and_failed_snapshots() {
+    let delay = Duration::from_millis(300);
+    let faults = FaultConfig {
+        slow_snapshot_rate: 1.0,
+        slow_snapshot_delay: delay,
+        ..FaultConfig::none()
+    };
+    let sim = Simulator::start(with_faults(200, faults)).unwrap();
+    let addr = sim.addr();
+    let started = Instant::now();
+    let r = http_get(addr, "/api/v3/depth?symbol=BTCUSDT&limit=100");
+    assert!(started.elapsed() >= delay);
+    assert_eq!(r.status, 200);
+    // Taken when asked, so older than the book by the time it arrives, but exact.
+    let id = r.body["lastUpdateId"].as_u64().unwrap();
+    assert!(sim.current_book("BTCUSDT").unwrap().last_update_id > id);
+    let truth = sim.book_at("BTCUSDT", id).unwrap();
+    assert_eq!(r.body["bids"].as_array().unwrap().len(), truth.bids.len());
+    assert_eq!(dec(&r.body["bids"][0][0]), truth.bids[0].0);
+    assert_eq!(sim.depth_snapshots_served().len(), 1);
+    // Only snapshots are slow.
+    let started = Instant::now();
+    assert_eq!(http_get(addr, "/api/v3/ping").status, 200);
+    assert!(started.elapsed() < delay);
+
+    sim.faults().update(|f| {
+        f.slow_snapshot_rate = 0.0;
+        f.failed_snapshot_rate = 1.0;
+    });
+    let (mut errors, mut cut) = (0, 0);
+    while errors == 0 || cut == 0 {
+        assert!(errors + cut < 100);
+        let (status, _, body, complete) = raw_get(addr, "/api/v3/depth?symbol=BTCUSDT");
+        match status {
+            500 => {
+                assert!(complete);
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["code"], -1001);
+                errors += 1;
+            }
+            200 => {
+                assert!(!complete, "a failing 200 is cut short");
+                assert!(serde_json::from_slice::<Value>(&body).is_err());
+                cut += 1;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!(sim.faults().stats().failed_snapshots, errors + cut);
+    assert_eq!(
+        sim.depth_snapshots_served().len(),
+        1,
+        "failures are not served"
+    );
+}
+
+#[test]
+fn fault_config_all_yields_every_kind() {
+    let faults = FaultConfig {
+        half_open_for: Some(Duration::from_millis(200)),
+        stall_for: None,
+        shutdown_grace: Duration::from_millis(50),
+        max_connection_age: Some(Duration::from_millis(250)),
+        rest_429_rate: 0.3,
+        rest_429_retry_after: Duration::ZERO,
+        rest_418_retry_after: Duration::ZERO,
+        slow_snapshot_rate: 0.3,
+        slow_snapshot_delay: Duration::from_millis(10),
+        failed_snapshot_rate: 0.3,
+        ..FaultConfig::all().scaled(100.0)
+    };
+    let sim = Simulator::start(with_faults(200, faults)).unwrap();
+    let addr = sim.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = std::thread::spawn({
+        let stop = std::sync::Arc::clone(&stop);
+        move || {
+            // About 200 weight a second: well inside the 6000 a minute.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                raw_get(addr, "/api/v3/depth?symbol=ETHUSDT&limit=20");
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+    });
+    let url = depth_url(&sim, &["btcusdt", "ethusdt", "solusdt"]);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(15);
+    let missing = |s: FaultStats| -> Vec<&'static str> {
+        s.counts()
+            .iter()
+            .filter(|(_, n)| *n == 0)
+            .map(|(k, _)| *k)
+            .collect()
+    };
+    let mut connections = 0;
+    while !missing(sim.faults().stats()).is_empty() && Instant::now() < deadline {
+        let mut ws = ws_connect(&url, addr);
+        connections += 1;
+        set_read_timeout(&mut ws, Duration::from_millis(50));
+        let mut last_data = Instant::now();
+        // A client watchdog: give up on a connection that ends or goes quiet.
+        loop {
+            match read_got(&mut ws) {
+                Got::Text(_) => last_data = Instant::now(),
+                Got::Close | Got::Ended => break,
+                _ if last_data.elapsed() > Duration::from_millis(300) => break,
+                _ => {}
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    poller.join().unwrap();
+    let stats = sim.faults().stats();
+    assert!(
+        missing(stats).is_empty(),
+        "missing {:?} after {connections} connections: {stats}",
+        missing(stats)
+    );
+    eprintln!(
+        "every fault within {:?}, {connections} connections: {stats}",
+        started.elapsed()
+    );
+    assert_eq!(sim.limit_429_count(), 0);
+    assert_eq!(sim.ignored_retry_after_count(), 0);
+}

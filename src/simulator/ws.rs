@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
-use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes, WebSocket};
 
 use super::Shared;
+use super::faults::{FrameRates, bump, roll};
 use super::hub::ConnCtl;
 use super::server::{Request, write_response};
 
@@ -26,6 +28,12 @@ const BUSY_POLL: Duration = Duration::from_millis(1);
 const BATCH: u64 = 4096;
 /// Bytes buffered for a peer that does not read before it counts as too slow.
 const MAX_WRITE_BUFFER: usize = 32 << 20;
+/// How often connection faults (disconnects, stalls, shutdowns, age) are considered.
+const FAULT_TICK: Duration = Duration::from_millis(10);
+/// A frame held back for reordering goes out alone if no other frame follows this soon.
+const MAX_HOLD: Duration = Duration::from_millis(50);
+/// Longest wait for the close frame of a planned disconnect to leave.
+const CLOSE_FLUSH: Duration = Duration::from_millis(200);
 
 /// Completes the upgrade and runs the connection until it ends.
 pub(crate) fn serve(
@@ -99,6 +107,8 @@ pub(crate) fn serve(
     }
     let config = WebSocketConfig::default().max_write_buffer_size(MAX_WRITE_BUFFER);
     let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(config));
+    let now = Instant::now();
+    let seed = shared.cfg.seed ^ 0x7773 ^ ctl.id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut conn = Conn {
         shared,
         ctl,
@@ -106,6 +116,13 @@ pub(crate) fn serve(
         rx,
         ws,
         subs: slots,
+        rng: fastrand::Rng::with_seed(seed),
+        opened: now,
+        last_fault_check: now,
+        held: None,
+        stalled: false,
+        stall_until: None,
+        closing_at: None,
     };
     conn.run();
 }
@@ -118,6 +135,23 @@ struct Conn<'a> {
     ws: WebSocket<TcpStream>,
     /// Subscribed slots in subscription order.
     subs: Vec<usize>,
+    rng: fastrand::Rng,
+    opened: Instant,
+    last_fault_check: Instant,
+    /// A data frame held back to be sent after the next one (reorder fault).
+    held: Option<(Utf8Bytes, Instant)>,
+    /// Data frames are dropped (stall fault) ...
+    stalled: bool,
+    /// ... until then (`None` = for good).
+    stall_until: Option<Instant>,
+    /// `serverShutdown` was sent; the connection closes at this time.
+    closing_at: Option<Instant>,
+}
+
+/// What the connection does after a fault check.
+enum Next {
+    Continue,
+    End,
 }
 
 fn would_block(e: &tungstenite::Error) -> bool {
@@ -149,13 +183,14 @@ impl Conn<'_> {
             };
             match received {
                 Ok(frame) => {
-                    if !self.write(Message::Text(frame)) {
+                    let rates = self.shared.faults.frame_rates();
+                    if !self.send_data(frame, &rates) {
                         return;
                     }
                     sent += 1;
                     while sent < BATCH {
                         let Ok(frame) = self.rx.try_recv() else { break };
-                        if !self.write(Message::Text(frame)) {
+                        if !self.send_data(frame, &rates) {
                             return;
                         }
                         sent += 1;
@@ -167,6 +202,18 @@ impl Conn<'_> {
             }
 
             let now = Instant::now();
+            if let Some((_, since)) = &self.held
+                && now - *since >= MAX_HOLD
+                && let Some((frame, _)) = self.held.take()
+                && !self.write(Message::Text(frame))
+            {
+                return;
+            }
+            if now - self.last_fault_check >= FAULT_TICK
+                && matches!(self.check_faults(now), Next::End)
+            {
+                return;
+            }
             if sent == 0 || self.rx.is_empty() || now - last_poll >= BUSY_POLL {
                 last_poll = now;
                 loop {
@@ -212,6 +259,181 @@ impl Conn<'_> {
             match self.ws.flush() {
                 Ok(()) => pending = false,
                 Err(e) if would_block(&e) => pending = true,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Sends one market frame, applying the frame faults in effect; `false` when the
+    /// connection is dead.
+    fn send_data(&mut self, frame: Utf8Bytes, rates: &FrameRates) -> bool {
+        if self.stalled {
+            return true;
+        }
+        if let Some((held, _)) = self.held.take() {
+            // The held frame goes out right after its successor.
+            bump(&self.shared.faults.count.reorders);
+            return self.write_data(frame, rates) && self.write_data(held, rates);
+        }
+        if !rates.any() {
+            return self.write(Message::Text(frame));
+        }
+        if roll(&mut self.rng, rates.reorder) {
+            self.held = Some((frame, Instant::now()));
+            return true;
+        }
+        self.write_data(frame, rates)
+    }
+
+    /// Writes a market frame, maybe twice, followed by any injected junk frames.
+    fn write_data(&mut self, frame: Utf8Bytes, rates: &FrameRates) -> bool {
+        if !rates.any() {
+            return self.write(Message::Text(frame));
+        }
+        let count = &self.shared.faults.count;
+        let duplicate = roll(&mut self.rng, rates.duplicate);
+        let malformed = roll(&mut self.rng, rates.malformed);
+        let truncated = roll(&mut self.rng, rates.truncated);
+        let unknown = roll(&mut self.rng, rates.unknown);
+        let text = frame.as_str();
+        let junk = [
+            malformed.then(|| {
+                bump(&count.malformed);
+                malformed_copy(text)
+            }),
+            truncated.then(|| {
+                bump(&count.truncated);
+                truncated_copy(text)
+            }),
+            unknown.then(|| {
+                bump(&count.unknown);
+                unknown_event(text)
+            }),
+        ];
+        if duplicate {
+            bump(&count.duplicates);
+            if !self.write(Message::Text(frame.clone())) {
+                return false;
+            }
+        }
+        if !self.write(Message::Text(frame)) {
+            return false;
+        }
+        junk.into_iter()
+            .flatten()
+            .all(|j| self.write(Message::text(j)))
+    }
+
+    /// Ends a stall that ran its time, starts connection faults, and carries out planned
+    /// disconnects.
+    fn check_faults(&mut self, now: Instant) -> Next {
+        let dt = (now - self.last_fault_check).as_secs_f64();
+        self.last_fault_check = now;
+        let faults = &self.shared.faults;
+        if let Some(at) = self.closing_at {
+            if now >= at {
+                self.close_gracefully();
+                return Next::End;
+            }
+            return Next::Continue;
+        }
+        if self.stall_until.is_some_and(|t| now >= t) {
+            self.stalled = false;
+            self.stall_until = None;
+        }
+        if faults
+            .max_connection_age()
+            .is_some_and(|age| now - self.opened >= age)
+        {
+            bump(&faults.count.aged);
+            return self.begin_shutdown(now);
+        }
+        if self.stalled {
+            return Next::Continue;
+        }
+        let r = faults.lifecycle_rates();
+        let total = r.disconnect + r.half_open + r.stall + r.planned;
+        if total <= 0.0 || !roll(&mut self.rng, 1.0 - (-total * dt).exp()) {
+            return Next::Continue;
+        }
+        // One event happened; which kind, in proportion to the rates.
+        let mut pick = self.rng.f64() * total;
+        pick -= r.disconnect;
+        if pick < 0.0 {
+            bump(&faults.count.disconnects);
+            self.ctl.kill();
+            return Next::End;
+        }
+        pick -= r.half_open;
+        if pick < 0.0 {
+            bump(&faults.count.half_open);
+            let until = faults.half_open_for().map(|d| now + d);
+            self.half_open(until);
+            return Next::End;
+        }
+        pick -= r.stall;
+        if pick < 0.0 {
+            bump(&faults.count.stalls);
+            self.stalled = true;
+            self.stall_until = faults.stall_for().map(|d| now + d);
+            self.held = None;
+            return Next::Continue;
+        }
+        bump(&faults.count.planned);
+        self.begin_shutdown(now)
+    }
+
+    /// Sends Binance's `serverShutdown` notice; the connection keeps streaming for the
+    /// grace period, then closes.
+    fn begin_shutdown(&mut self, now: Instant) -> Next {
+        let notice = format!("{{\"e\":\"serverShutdown\",\"E\":{}}}", super::now_ms());
+        if !self.write(Message::text(notice)) {
+            return Next::End;
+        }
+        self.closing_at = Some(now + self.shared.faults.shutdown_grace());
+        Next::Continue
+    }
+
+    /// Sends a close frame (1001, going away) and gives it a moment to leave.
+    fn close_gracefully(&mut self) {
+        if let Some((frame, _)) = self.held.take() {
+            let _ = self.write(Message::Text(frame));
+        }
+        let _ = self.ws.close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "server shutdown".into(),
+        }));
+        let deadline = Instant::now() + CLOSE_FLUSH;
+        while Instant::now() < deadline {
+            match self.ws.flush() {
+                Err(e) if would_block(&e) => std::thread::sleep(BUSY_POLL),
+                _ => return,
+            }
+        }
+    }
+
+    /// Plays dead: no frames, no pings, no pongs, nothing read, but the socket stays open
+    /// until `until`, the client closes it, or the simulator stops.
+    fn half_open(&mut self, until: Option<Instant>) {
+        for &s in &self.subs {
+            self.shared.hub.unsubscribe(self.ctl, s);
+        }
+        while self.rx.try_recv().is_ok() {}
+        let mut sink = [0u8; 4096];
+        loop {
+            if self.ctl.killed()
+                || self.shared.stopping()
+                || until.is_some_and(|t| Instant::now() >= t)
+            {
+                return;
+            }
+            // Bytes are discarded unparsed, only to notice the client hanging up.
+            match io::Read::read(self.ws.get_mut(), &mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 Err(_) => return,
             }
         }
@@ -354,6 +576,42 @@ impl Conn<'_> {
                 &id,
             ),
         }
+    }
+}
+
+/// A copy of `frame` that is not JSON: the quote opening its first string value is gone.
+fn malformed_copy(frame: &str) -> String {
+    match frame.find(":\"") {
+        Some(i) => format!("{}{}", &frame[..=i], &frame[i + 2..]),
+        None => format!("{frame}}}"),
+    }
+}
+
+/// The first half of `frame`.
+fn truncated_copy(frame: &str) -> String {
+    let mut cut = frame.len() / 2;
+    while !frame.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    frame[..cut].to_owned()
+}
+
+/// A well-formed event of a type Binance does not send, shaped like `frame` (combined or
+/// raw) and for the same symbol.
+fn unknown_event(frame: &str) -> String {
+    let ms = super::now_ms();
+    if let Some(rest) = frame.strip_prefix("{\"stream\":\"") {
+        let sym = rest.split(['@', '"']).next().unwrap_or_default();
+        let upper = sym.to_ascii_uppercase();
+        format!(
+            "{{\"stream\":\"{sym}@foo\",\"data\":{{\"e\":\"mystery\",\"E\":{ms},\"s\":\"{upper}\"}}}}"
+        )
+    } else {
+        let sym = frame
+            .split_once("\"s\":\"")
+            .and_then(|(_, r)| r.split('"').next())
+            .unwrap_or_default();
+        format!("{{\"e\":\"mystery\",\"E\":{ms},\"s\":\"{sym}\"}}")
     }
 }
 

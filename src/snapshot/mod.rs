@@ -2,6 +2,8 @@
 //! locks and updated by version-tagged compare-and-swap.
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -12,16 +14,17 @@ use crate::schema::{EventType, FusedBook};
 /// Identifies a record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
-    pub market: String,
-    pub instrument: String,
+    /// Shared strings: a key is cloned per write-through without allocating.
+    pub market: Arc<str>,
+    pub instrument: Arc<str>,
     pub event_type: EventType,
 }
 
 impl Key {
     pub fn fused(instrument: &str) -> Key {
         Key {
-            market: crate::schema::MARKET_BINANCE_SPOT.to_owned(),
-            instrument: instrument.to_owned(),
+            market: crate::schema::MARKET_BINANCE_SPOT.into(),
+            instrument: instrument.into(),
             event_type: EventType::AnalyticsFused,
         }
     }

@@ -14,6 +14,9 @@ pub enum Frame {
     Instance(RawInstance),
     /// `{"result":…,"id":N}` or `{"error":{…},"id":N}`.
     Response(Response),
+    /// `{"e":"serverShutdown","E":…}`: the server will close this connection soon; a
+    /// client hands its streams over to a new connection before it does.
+    ServerShutdown,
 }
 
 /// The exchange's answer to a SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS request.
@@ -139,6 +142,9 @@ pub fn parse_frame(
             error: head.error.map(|e| format!("{} ({})", e.msg, e.code)),
             streams: head.result,
         }));
+    }
+    if head.event == Some("serverShutdown") {
+        return Ok(Frame::ServerShutdown);
     }
     let kind = StreamKind::of_event(head.event).ok_or(ParseError::UnknownType)?;
     let symbol = head.symbol.ok_or(ParseError::Malformed)?;

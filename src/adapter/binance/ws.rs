@@ -24,8 +24,6 @@ use crate::config::BinanceConfig;
 const POLL: Duration = Duration::from_millis(5);
 /// Streams per SUBSCRIBE message.
 const TOPICS_PER_MESSAGE: usize = 200;
-/// Binance cuts connections at 24 h; roll over before that.
-const MAX_CONNECTION_AGE: Duration = Duration::from_secs(23 * 3600 + 30 * 60);
 
 /// The outcome of a subscription request, once the exchange answered.
 pub type NativeAck = Result<(), String>;
@@ -216,7 +214,8 @@ impl WsConnection {
     }
 
     fn session(&mut self, mut ws: Ws, waiters: &mut Vec<Waiter>) -> SessionEnd {
-        let started = Instant::now();
+        let mut started = Instant::now();
+        let mut handover_due = false;
         let mut next_id: u64 = 1;
         // What the exchange has confirmed, and what it will have once in-flight requests
         // are answered. Each send carries the whole difference to `desired`, so a burst of
@@ -238,49 +237,14 @@ impl WsConnection {
             match ws.read() {
                 Ok(Message::Text(text)) => {
                     last_data = Instant::now();
-                    local.frames += 1;
-                    let ingress = clock::mono_ns();
-                    let sampled_at = self
-                        .tracing
-                        .sample(&mut rng)
-                        .then(std::time::SystemTime::now);
-                    let mut parsed = parse_frame(text.as_str(), &registry, ingress);
-                    if parsed == Err(ParseError::UnknownSymbol) {
-                        // Instruments are added at runtime; look again in the newest registry.
-                        registry = self.registry.load_full();
-                        parsed = parse_frame(text.as_str(), &registry, ingress);
-                    }
-                    match parsed {
-                        Ok(Frame::Instance(mut raw)) => {
-                            local.instances += 1;
-                            if let Some(start) = sampled_at {
-                                let trace = self.tracing.new_trace(&mut rng);
-                                let span = self.tracing.span(
-                                    &mut rng,
-                                    "adapter.receive",
-                                    trace,
-                                    0,
-                                    start,
-                                    std::time::SystemTime::now(),
-                                    &[
-                                        opentelemetry::KeyValue::new(
-                                            "instrument",
-                                            raw.instrument.name().to_owned(),
-                                        ),
-                                        opentelemetry::KeyValue::new("connection", self.id as i64),
-                                    ],
-                                );
-                                raw.trace = Some(crate::adapter::SpanCtx {
-                                    trace_id: trace,
-                                    span_id: span,
-                                });
-                            }
+                    match self.decode(text.as_str(), &mut registry, &mut local, &mut rng) {
+                        Decoded::Instance(raw) => {
                             if self.out.send(Ingress::Raw(raw)).is_err() {
                                 local.flush(&self.stats);
                                 return SessionEnd::Stopped;
                             }
                         }
-                        Ok(Frame::Response(r)) => {
+                        Decoded::Response(r) => {
                             if let Some(inf) = inflight.remove(&r.id) {
                                 match r.error {
                                     None => {
@@ -321,14 +285,14 @@ impl WsConnection {
                                 settle(waiters, &self.desired, &confirmed, &inflight);
                             }
                         }
-                        Err(e) => {
-                            match e {
-                                ParseError::Malformed => local.malformed += 1,
-                                ParseError::UnknownType => local.unknown_type += 1,
-                                ParseError::UnknownSymbol => local.unknown_symbol += 1,
-                            }
-                            crate::debug!("connection {}: {e}: {:.200}", self.id, text.as_str());
+                        Decoded::Shutdown => {
+                            crate::info!(
+                                "connection {}: the server announced a shutdown; handing over",
+                                self.id
+                            );
+                            handover_due = true;
                         }
+                        Decoded::Skipped => {}
                     }
                 }
                 Ok(Message::Binary(_)) => {
@@ -419,13 +383,296 @@ impl WsConnection {
             if last_data.elapsed() > self.cfg.no_data_timeout {
                 return SessionEnd::Lost(format!("no data for {:?}", self.cfg.no_data_timeout));
             }
-            if started.elapsed() > MAX_CONNECTION_AGE {
-                let _ = ws.close(None);
-                let _ = ws.flush();
-                return SessionEnd::Lost("rolling over before Binance's 24 h cut".into());
+            if started.elapsed() > self.cfg.max_connection_age && !handover_due {
+                crate::info!(
+                    "connection {}: {:?} old; handing over before the 24 h cut",
+                    self.id,
+                    self.cfg.max_connection_age
+                );
+                handover_due = true;
+            }
+            if handover_due {
+                handover_due = false;
+                // The new connection carries what the old one has or will have.
+                let topics = at_exchange.clone();
+                local.flush(&self.stats);
+                match self.handover(&mut ws, &topics, &mut registry, &mut rng) {
+                    Ok(Handover::Done(new)) => {
+                        ws = new;
+                        started = Instant::now();
+                        last_data = Instant::now();
+                        last_sent = Some(Instant::now());
+                        next_id = HANDOVER_IDS_END;
+                        confirmed = topics.clone();
+                        at_exchange = topics;
+                        inflight.clear();
+                        settle(waiters, &self.desired, &confirmed, &inflight);
+                    }
+                    Ok(Handover::Stopped) => return SessionEnd::Stopped,
+                    Err(e) => {
+                        // Stay on the old connection; if it is cut, the reconnect path
+                        // resyncs its books.
+                        crate::warn!("connection {}: hand-over failed: {e}", self.id);
+                        started = Instant::now();
+                    }
+                }
             }
         }
     }
+
+    /// Decodes one text frame, counting it, and starts its trace when sampled.
+    fn decode(
+        &self,
+        text: &str,
+        registry: &mut Arc<crate::adapter::InstrumentRegistry>,
+        local: &mut LocalStats,
+        rng: &mut fastrand::Rng,
+    ) -> Decoded {
+        local.frames += 1;
+        let ingress = clock::mono_ns();
+        let sampled_at = self.tracing.sample(rng).then(std::time::SystemTime::now);
+        let mut parsed = parse_frame(text, registry, ingress);
+        if parsed == Err(ParseError::UnknownSymbol) {
+            // Instruments are added at runtime; look again in the newest registry.
+            *registry = self.registry.load_full();
+            parsed = parse_frame(text, registry, ingress);
+        }
+        match parsed {
+            Ok(Frame::Instance(mut raw)) => {
+                local.instances += 1;
+                if let Some(start) = sampled_at {
+                    let trace = self.tracing.new_trace(rng);
+                    let span = self.tracing.span(
+                        rng,
+                        "adapter.receive",
+                        trace,
+                        0,
+                        start,
+                        std::time::SystemTime::now(),
+                        &[
+                            opentelemetry::KeyValue::new(
+                                "instrument",
+                                raw.instrument.name().to_owned(),
+                            ),
+                            opentelemetry::KeyValue::new("connection", self.id as i64),
+                        ],
+                    );
+                    raw.trace = Some(crate::adapter::SpanCtx {
+                        trace_id: trace,
+                        span_id: span,
+                    });
+                }
+                Decoded::Instance(raw)
+            }
+            Ok(Frame::Response(r)) => Decoded::Response(r),
+            Ok(Frame::ServerShutdown) => Decoded::Shutdown,
+            Err(e) => {
+                match e {
+                    ParseError::Malformed => local.malformed += 1,
+                    ParseError::UnknownType => local.unknown_type += 1,
+                    ParseError::UnknownSymbol => local.unknown_symbol += 1,
+                }
+                crate::debug!("connection {}: {e}: {:.200}", self.id, text);
+                Decoded::Skipped
+            }
+        }
+    }
+
+    /// Moves `topics` from `old` to a new connection without losing or repeating a message:
+    ///
+    /// 1. open the new connection and subscribe everything there, while the old one keeps
+    ///    delivering (the new one's messages are held back);
+    /// 2. once the new one confirmed, unsubscribe on the old one: its answer is a fence,
+    ///    since nothing for those streams follows it on that connection;
+    /// 3. read the old one up to the fence, then release what the new one held back,
+    ///    dropping each message the old one already delivered (by update id, trade id or
+    ///    event time, per stream), and close the old connection.
+    ///
+    /// On failure the old connection is left as it was.
+    fn handover(
+        &mut self,
+        old: &mut Ws,
+        topics: &BTreeSet<String>,
+        registry: &mut Arc<crate::adapter::InstrumentRegistry>,
+        rng: &mut fastrand::Rng,
+    ) -> Result<Handover, String> {
+        let deadline = Instant::now() + HANDOVER_TIMEOUT;
+        let mut new = self.connect()?;
+        let min_gap =
+            Duration::from_secs(1) / self.cfg.messages_per_second.saturating_sub(1).max(1);
+        let topics: Vec<String> = topics.iter().cloned().collect();
+        let chunks: Vec<&[String]> = topics.chunks(TOPICS_PER_MESSAGE).collect();
+        let mut local = LocalStats::default();
+        let mut tracks: HashMap<u64, u64> = HashMap::new();
+        let mut held: Vec<RawInstance> = Vec::new();
+        let mut subscribed = 0usize; // chunks sent on the new connection
+        let mut confirmed_new = 0usize;
+        let mut unsubscribed = 0usize; // chunks sent on the old connection
+        let mut fenced = 0usize;
+        let mut old_open = true;
+        let (mut new_sent, mut old_sent): (Option<Instant>, Option<Instant>) = (None, None);
+        let mut duplicates = 0u64;
+        while old_open && fenced < chunks.len().max(1) {
+            if Instant::now() > deadline {
+                if confirmed_new < chunks.len() {
+                    let _ = new.close(None);
+                    let _ = new.flush();
+                    return Err(format!(
+                        "the new connection confirmed {confirmed_new} of {} requests in time",
+                        chunks.len()
+                    ));
+                }
+                crate::warn!(
+                    "connection {}: the old connection was not drained in time",
+                    self.id
+                );
+                break;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                let _ = new.close(None);
+                return Ok(Handover::Stopped);
+            }
+            // Requests, paced per connection.
+            if subscribed < chunks.len() && new_sent.is_none_or(|t| t.elapsed() >= min_gap) {
+                let id = HANDOVER_IDS + subscribed as u64;
+                new.send(Message::text(request("SUBSCRIBE", chunks[subscribed], id)))
+                    .map_err(|e| format!("subscribe on the new connection: {e}"))?;
+                subscribed += 1;
+                new_sent = Some(Instant::now());
+            }
+            if confirmed_new == chunks.len()
+                && unsubscribed < chunks.len()
+                && old_sent.is_none_or(|t| t.elapsed() >= min_gap)
+            {
+                let id = HANDOVER_IDS + unsubscribed as u64;
+                if old
+                    .send(Message::text(request(
+                        "UNSUBSCRIBE",
+                        chunks[unsubscribed],
+                        id,
+                    )))
+                    .is_err()
+                {
+                    old_open = false;
+                }
+                unsubscribed += 1;
+                old_sent = Some(Instant::now());
+            }
+            if chunks.is_empty() && confirmed_new == 0 {
+                break;
+            }
+            // The old connection: delivered as usual, remembering each stream's position.
+            match old.read() {
+                Ok(Message::Text(text)) => {
+                    match self.decode(text.as_str(), registry, &mut local, rng) {
+                        Decoded::Instance(raw) => {
+                            if let Some((key, _, last, _)) = position(&raw) {
+                                let t = tracks.entry(key).or_insert(0);
+                                *t = (*t).max(last);
+                            }
+                            if self.out.send(Ingress::Raw(raw)).is_err() {
+                                return Ok(Handover::Stopped);
+                            }
+                        }
+                        Decoded::Response(r) if r.id >= HANDOVER_IDS && r.id < HANDOVER_IDS_END => {
+                            fenced += 1;
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Message::Close(_)) => old_open = false,
+                Ok(_) => {}
+                Err(e) if is_would_block(&e) => {}
+                Err(_) => old_open = false,
+            }
+            // The new connection: held back until the old one is drained.
+            match new.read() {
+                Ok(Message::Text(text)) => {
+                    match self.decode(text.as_str(), registry, &mut local, rng) {
+                        Decoded::Instance(raw) => held.push(raw),
+                        Decoded::Response(r) if r.id >= HANDOVER_IDS && r.id < HANDOVER_IDS_END => {
+                            if let Some(e) = r.error {
+                                let _ = new.close(None);
+                                return Err(format!("the new connection refused: {e}"));
+                            }
+                            confirmed_new += 1;
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Message::Close(_)) => return Err("the new connection closed".into()),
+                Ok(_) => {}
+                Err(e) if is_would_block(&e) => {}
+                Err(e) => return Err(format!("the new connection failed: {e}")),
+            }
+            let _ = old.flush();
+            let _ = new.flush();
+        }
+        let _ = old.close(None);
+        let _ = old.flush();
+        for raw in held {
+            if let Some((key, _, last, _)) = position(&raw) {
+                let t = tracks.entry(key).or_insert(0);
+                if last <= *t {
+                    duplicates += 1;
+                    local.instances -= 1;
+                    continue;
+                }
+                *t = last;
+            }
+            if self.out.send(Ingress::Raw(raw)).is_err() {
+                return Ok(Handover::Stopped);
+            }
+        }
+        local.flush(&self.stats);
+        self.stats.handovers.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .overlap_duplicates
+            .fetch_add(duplicates, Ordering::Relaxed);
+        crate::info!(
+            "connection {}: handed over {} streams ({duplicates} overlapping messages dropped)",
+            self.id,
+            topics.len()
+        );
+        Ok(Handover::Done(new))
+    }
+}
+
+/// What a text frame turned into.
+enum Decoded {
+    Instance(RawInstance),
+    Response(super::parse::Response),
+    Shutdown,
+    Skipped,
+}
+
+/// How a hand-over ended.
+enum Handover {
+    Done(Ws),
+    Stopped,
+}
+
+/// Request ids used by hand-overs; ordinary requests on the new connection start above.
+const HANDOVER_IDS: u64 = 1 << 40;
+const HANDOVER_IDS_END: u64 = HANDOVER_IDS + (1 << 20);
+/// A hand-over that has not finished by then is abandoned (or, once the new connection is
+/// ready, completed without waiting any longer for the old one).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a message sits in its stream: (stream key, first and last position, whether
+/// positions are consecutive). Diffs by update id, trades by trade id, aggregate trades by
+/// aggregate id, book tickers by update id, tickers by event time.
+fn position(raw: &RawInstance) -> Option<(u64, u64, u64, bool)> {
+    use crate::adapter::RawBody;
+    let id = u64::from(raw.instrument.id()) << 3;
+    Some(match &raw.body {
+        RawBody::DepthUpdate(d) => (id, d.first_update_id, d.final_update_id, true),
+        RawBody::Trade(t) => (id | 1, t.trade_id, t.trade_id, true),
+        RawBody::AggTrade(t) => (id | 2, t.agg_id, t.agg_id, true),
+        RawBody::BookTicker(t) => (id | 3, t.update_id, t.update_id, false),
+        RawBody::Ticker(t) => (id | 4, t.event_time as u64, t.event_time as u64, false),
+        _ => return None,
+    })
 }
 
 /// A command waiting for the exchange.
