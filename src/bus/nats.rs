@@ -198,6 +198,9 @@ pub struct NatsBusConfig {
     pub shutdown_timeout: Duration,
     /// Bearer token control requests must carry, if set.
     pub control_token: Option<String>,
+    /// Identifies this run of the engine; when set, message ids are `<key>@<run>`, so a
+    /// restarted engine (whose `seq` starts over) is not taken for a repeat of the last run.
+    pub msg_id_run: String,
 }
 
 impl Default for NatsBusConfig {
@@ -210,6 +213,7 @@ impl Default for NatsBusConfig {
             connect_timeout: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(5),
             control_token: None,
+            msg_id_run: String::new(),
         }
     }
 }
@@ -676,6 +680,7 @@ fn run_publisher(
             subjects: HashMap::new(),
             buf: Vec::with_capacity(1024),
             counters: shared.counters.clone(),
+            msg_id_run: config.msg_id_run.clone(),
         };
         let deadline = bridge
             .run(&sub, &shared.stop, &mut sink, config.shutdown_timeout)
@@ -800,6 +805,7 @@ struct Bridge {
     subjects: HashMap<(EventType, u32), Subject>,
     buf: Vec<u8>,
     counters: Arc<Counters>,
+    msg_id_run: String,
 }
 
 impl Bridge {
@@ -937,7 +943,12 @@ impl Bridge {
         e.write_json(&mut self.buf);
         let payload = Bytes::copy_from_slice(&self.buf);
         let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID_HEADER, e.key());
+        let mut id = e.key();
+        if !self.msg_id_run.is_empty() {
+            id.push('@');
+            id.push_str(&self.msg_id_run);
+        }
+        headers.insert(MSG_ID_HEADER, id);
         if let Some(tp) = traceparent(e) {
             headers.insert("traceparent", tp);
         }

@@ -21,7 +21,7 @@ use crate::dispatcher::{DispatchTable, SharedTable, Staged};
 use crate::engine::stage::{Recv, recv_until};
 use crate::schema::{Event, EventType, FusedBook, Instrument, Payload, Quality, TraceId, pool};
 use crate::snapshot::memory::{Cell, MemorySnapshotStore};
-use crate::snapshot::{Key, StoreError};
+use crate::snapshot::{Key, SnapshotMirror, StoreError};
 use crate::telemetry::pipeline::Tracing;
 use opentelemetry::KeyValue;
 use std::time::SystemTime;
@@ -84,6 +84,7 @@ struct Slot {
     last_trace: TraceId,
     cell: Cell,
     version: u64,
+    key: Key,
 }
 
 /// The conductor stage.
@@ -94,6 +95,7 @@ pub struct Conductor {
     shared_table: SharedTable,
     table: Arc<DispatchTable>,
     store: Arc<MemorySnapshotStore>,
+    mirror: Option<Arc<dyn SnapshotMirror>>,
     snapshots: Sender<SnapshotRequest>,
     bus: Arc<dyn DataBus>,
     stats: Arc<ConductorStats>,
@@ -132,6 +134,7 @@ impl Conductor {
             table: table.load_full(),
             shared_table: table,
             store,
+            mirror: None,
             snapshots,
             bus,
             stats,
@@ -148,6 +151,12 @@ impl Conductor {
 
     /// Records `conductor.orchestrate` and `databus.publish` spans (and the end-to-end
     /// latency of sampled events).
+    /// Also offers every stored book to `mirror` (a Redis write-through).
+    pub fn with_mirror(mut self, mirror: Arc<dyn SnapshotMirror>) -> Self {
+        self.mirror = Some(mirror);
+        self
+    }
+
     pub fn with_tracing(mut self, tracing: Tracing) -> Self {
         self.e2e_latency = tracing.is_enabled().then(|| {
             tracing
@@ -179,6 +188,7 @@ impl Conductor {
                 last_trace: TraceId::NONE,
                 cell: self.store.cell(&Key::fused(inst.name())),
                 version: 0,
+                key: Key::fused(inst.name()),
             });
         }
         id
@@ -456,6 +466,9 @@ impl Conductor {
             match MemorySnapshotStore::cas_cell(&slot.cell, slot.version, book.clone()) {
                 Ok(v) => {
                     slot.version = v;
+                    if let Some(m) = &self.mirror {
+                        m.offer(slot.key.clone(), book.clone());
+                    }
                     break;
                 }
                 Err(StoreError::Conflict { current, .. }) => {

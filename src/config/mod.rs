@@ -555,6 +555,15 @@ impl Config {
         out
     }
 
+    /// The configured instruments this engine streams: all of them, or its shard's share.
+    pub fn shard_instruments(&self) -> Vec<String> {
+        self.instruments
+            .iter()
+            .filter(|i| shard_of(i, self.shard.count) == self.shard.index)
+            .cloned()
+            .collect()
+    }
+
     /// The config path from `--config`, else `$MELTICA_CONFIG`, else `./config.yaml`.
     pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
         if let Some(p) = cli {

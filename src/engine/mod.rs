@@ -6,7 +6,10 @@
 //! conductor publishes what is pending and exits; then the bus closes, so every
 //! subscription ends after its queue is drained.
 
+mod backends;
 pub mod stage;
+
+pub use backends::BackendStats;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -58,6 +61,9 @@ pub enum EngineError {
     },
     #[error("{0}")]
     StageFailed(StageFailure),
+    /// A configured backend (Redis, NATS) could not start.
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// Builds an engine. Subscriptions taken here see every event from the first one.
@@ -255,6 +261,7 @@ pub struct Engine {
     control_stop: Arc<AtomicBool>,
     control_thread: Option<JoinHandle<()>>,
     http: Option<ControlHttp>,
+    backends: backends::Backends,
     sla: SlaHistogram,
     sweeper: Option<JoinHandle<()>>,
     /// Sends the stop marker to the dispatcher at shutdown.
@@ -305,9 +312,19 @@ impl Engine {
         }
         let bcfg = config.adapter.binance.clone();
         let rest = (!external).then(|| Arc::new(BinanceRest::new(&bcfg)));
+        let mine = config.shard_instruments();
+        if config.shard.count > 1 {
+            crate::info!(
+                "shard {} of {}: {} of {} instruments",
+                config.shard.index,
+                config.shard.count,
+                mine.len(),
+                config.instruments.len()
+            );
+        }
         let (resolved, skipped) = match &rest {
-            Some(rest) => resolve_with_retry(rest, &config.instruments)?,
-            None => (local_registry(&config.instruments), Vec::new()),
+            Some(rest) => resolve_with_retry(rest, &mine)?,
+            None => (local_registry(&mine), Vec::new()),
         };
         crate::info!(
             "streaming {} from {}",
@@ -352,7 +369,8 @@ impl Engine {
             move |source| EngineError::Spawn { name, source }
         };
 
-        let conductor = Conductor::new(
+        let mut backends = backends::Backends::start(&config, &bus)?;
+        let mut conductor = Conductor::new(
             config.conductor.clone(),
             shared_table.clone(),
             snap_tx,
@@ -361,6 +379,9 @@ impl Engine {
             conductor_stats.clone(),
         )
         .with_tracing(tracing.clone());
+        if let Some(m) = backends.mirror() {
+            conductor = conductor.with_mirror(m);
+        }
         let conductor = supervisor
             .spawn("meltica-conductor".into(), core(1), move || {
                 conductor.run(staged_rx, wait)
@@ -422,6 +443,7 @@ impl Engine {
             .spawn("meltica-control".into(), None, move || plane.run(ctl_rx))
             .map_err(spawn_err("meltica-control"))?;
         let control = MemoryControlBus::new(ctl_tx, shared_table.clone());
+        backends.start_control(&config, &control)?;
 
         let sweeper = {
             let (store, stop, ttl) = (
@@ -464,6 +486,7 @@ impl Engine {
             control_stop,
             control_thread: Some(control_thread),
             http: None,
+            backends,
             sla,
             sweeper: Some(sweeper),
             ingress: raw_tx,
@@ -622,6 +645,11 @@ impl Engine {
         })
     }
 
+    /// What the Redis and NATS backends have done so far.
+    pub fn backend_stats(&self) -> BackendStats {
+        self.backends.stats()
+    }
+
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
@@ -709,6 +737,7 @@ impl Engine {
         if let Some(h) = self.http.take() {
             h.shutdown();
         }
+        self.backends.stop_control();
         self.control_stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.control_thread.take() {
             let _ = h.join();
@@ -730,6 +759,7 @@ impl Engine {
             let _ = h.join();
         }
         self.bus.close();
+        self.backends.stop();
         // Last: everything recorded is flushed to the collector.
         self._instruments.take();
         self.telemetry.shutdown();

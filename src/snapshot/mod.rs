@@ -52,6 +52,12 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// A copy of the store kept elsewhere (Redis), written from its own thread: `offer` never
+/// blocks the conductor, and a newer book for a key supersedes an older one not yet written.
+pub trait SnapshotMirror: Send + Sync {
+    fn offer(&self, key: Key, book: Arc<FusedBook>);
+}
+
 /// The snapshot store contract, shared by every backend.
 pub trait SnapshotStore: Send + Sync {
     fn get(&self, key: &Key) -> Result<Option<Arc<Record>>, StoreError>;

@@ -976,3 +976,9 @@ mod tests {
         assert_eq!(glob_escape("meltica:snap:"), "meltica:snap:");
     }
 }
+
+impl crate::snapshot::SnapshotMirror for RedisWriteThrough {
+    fn offer(&self, key: Key, book: Arc<FusedBook>) {
+        RedisWriteThrough::offer(self, key, book);
+    }
+}
