@@ -23,6 +23,8 @@ pub enum Command {
     CheckConfig {
         config: Option<PathBuf>,
     },
+    /// `tail` parses its own arguments.
+    Tail(Vec<String>),
     Help,
 }
 
@@ -31,6 +33,9 @@ pub fn parse_args(argv: &[String]) -> Result<Command, String> {
     let Some((cmd, rest)) = argv.split_first() else {
         return Ok(Command::Help);
     };
+    if cmd == "tail" {
+        return Ok(Command::Tail(rest.to_vec()));
+    }
     let mut config = None;
     let mut emit = false;
     let mut duration = None;

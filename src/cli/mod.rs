@@ -4,6 +4,7 @@
 mod args;
 mod sink;
 mod status;
+mod tail;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,21 +27,26 @@ USAGE:
   meltica demo [--duration 30s] [--emit ndjson]
   meltica simulate [--addr 127.0.0.1:9443]
   meltica check-config [--config PATH]
+{TAIL}
 
 The config path defaults to $MELTICA_CONFIG, then ./config.yaml.";
+
+fn usage() -> String {
+    USAGE.replace("{TAIL}", tail::USAGE)
+}
 
 /// Runs the command line and returns the process exit code.
 pub fn main(argv: &[String]) -> ExitCode {
     let cmd = match parse_args(argv) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("meltica: {e}\n\n{USAGE}");
+            eprintln!("meltica: {e}\n\n{}", usage());
             return ExitCode::from(2);
         }
     };
     match cmd {
         Command::Help => {
-            println!("{USAGE}");
+            println!("{}", usage());
             ExitCode::SUCCESS
         }
         Command::CheckConfig { config } => check_config(config),
@@ -57,6 +63,7 @@ pub fn main(argv: &[String]) -> ExitCode {
             duration,
         } => demo(emit_ndjson, duration),
         Command::Simulate { addr } => simulate(addr),
+        Command::Tail(args) => tail::main(&args),
     }
 }
 
@@ -127,6 +134,9 @@ fn run_engine(
                 ),
                 crate::engine::EngineError::Telemetry(_) => eprintln!(
                     "hint: fix telemetry.endpoint / OTEL_EXPORTER_OTLP_ENDPOINT, or set OTEL_SDK_DISABLED=true"
+                ),
+                crate::engine::EngineError::Backend(_) => eprintln!(
+                    "hint: start the server named above, fix its URL in the config, or use the memory backend"
                 ),
                 _ => {}
             }
