@@ -87,7 +87,9 @@ fn run(sim: &Simulator, client_age: Duration, secs: u64, want_handovers: u64) {
             .iter()
             .all(|i| e.book_status(i) == Quality::Live)
     };
-    assert!(support::wait_until(Duration::from_secs(20), || live(&engine)));
+    assert!(support::wait_until(Duration::from_secs(20), || live(
+        &engine
+    )));
     let resyncs_before = engine.counts().resyncs;
     let mut seen = Continuity::default();
     let end = Instant::now() + Duration::from_secs(secs);
@@ -114,7 +116,10 @@ fn run(sim: &Simulator, client_age: Duration, secs: u64, want_handovers: u64) {
         "hand-overs: {}",
         counts.adapter.handovers
     );
-    assert_eq!(counts.adapter.reconnects, 0, "a hand-over fell back to reconnecting");
+    assert_eq!(
+        counts.adapter.reconnects, 0,
+        "a hand-over fell back to reconnecting"
+    );
     assert_eq!(counts_end.resyncs, resyncs_before, "a book resynced");
     assert!(seen.diffs > 500 && seen.trades > 500);
 }
@@ -128,7 +133,11 @@ fn the_24h_cut_shortened_loses_no_diff_and_causes_no_resync() {
         ..FaultConfig::default()
     });
     run(&sim, Duration::from_secs(2), 9, 3);
-    assert_eq!(sim.faults().stats().aged, 0, "the exchange had to cut a connection");
+    assert_eq!(
+        sim.faults().stats().aged,
+        0,
+        "the exchange had to cut a connection"
+    );
 }
 
 #[test]

@@ -47,6 +47,9 @@ pub struct BinanceConfig {
     pub handshake_timeout: Duration,
     /// A connection that delivers nothing (not even a ping) for this long is replaced.
     pub no_data_timeout: Duration,
+    /// A connection carrying subscriptions that delivers no market data for this long (its
+    /// pings do not count: a stream can stop while the socket stays open) is replaced.
+    pub stream_timeout: Duration,
     /// A connection older than this is handed over to a fresh one (Binance cuts at 24 h).
     pub max_connection_age: Duration,
     pub reconnect: BackoffConfig,
@@ -364,6 +367,7 @@ impl Default for Config {
                     handshake_timeout: Duration::from_secs(10),
                     no_data_timeout: Duration::from_secs(30),
                     max_connection_age: Duration::from_secs(23 * 3600 + 30 * 60),
+                    stream_timeout: Duration::from_secs(60),
                     reconnect: BackoffConfig {
                         initial: Duration::from_millis(250),
                         max: Duration::from_secs(30),

@@ -38,6 +38,7 @@ pub fn to_yaml(c: &Config) -> String {
     let _ = writeln!(o, "    rest_url: {}", quote(&b.rest_url));
     let _ = writeln!(o, "    handshake_timeout: {}", dur(b.handshake_timeout));
     let _ = writeln!(o, "    no_data_timeout: {}", dur(b.no_data_timeout));
+    let _ = writeln!(o, "    stream_timeout: {}", dur(b.stream_timeout));
     let _ = writeln!(o, "    max_connection_age: {}", dur(b.max_connection_age));
     let _ = writeln!(o, "    rest_timeout: {}", dur(b.rest_timeout));
     let _ = writeln!(

@@ -128,6 +128,9 @@ fn adapter(cx: &mut Cx, n: &Node, out: &mut AdapterConfig) {
         if let Some(v) = b.take("no_data_timeout") {
             cx.positive_duration(v, "adapter.binance.no_data_timeout", &mut o.no_data_timeout);
         }
+        if let Some(v) = b.take("stream_timeout") {
+            cx.positive_duration(v, "adapter.binance.stream_timeout", &mut o.stream_timeout);
+        }
         if let Some(v) = b.take("max_connection_age") {
             cx.positive_duration(
                 v,

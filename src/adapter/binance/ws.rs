@@ -230,6 +230,7 @@ impl WsConnection {
         let mut rng = fastrand::Rng::new();
         let mut last_sent: Option<Instant> = None;
         let mut last_data = Instant::now();
+        let mut last_market = Instant::now();
         let mut local = LocalStats::default();
         let mut batch = 0u32;
         loop {
@@ -237,6 +238,7 @@ impl WsConnection {
             match ws.read() {
                 Ok(Message::Text(text)) => {
                     last_data = Instant::now();
+                    last_market = last_data;
                     match self.decode(text.as_str(), &mut registry, &mut local, &mut rng) {
                         Decoded::Instance(raw) => {
                             if self.out.send(Ingress::Raw(raw)).is_err() {
@@ -383,6 +385,14 @@ impl WsConnection {
             if last_data.elapsed() > self.cfg.no_data_timeout {
                 return SessionEnd::Lost(format!("no data for {:?}", self.cfg.no_data_timeout));
             }
+            if !confirmed.is_empty() && last_market.elapsed() > self.cfg.stream_timeout {
+                let _ = ws.close(None);
+                let _ = ws.flush();
+                return SessionEnd::Lost(format!(
+                    "no market data for {:?} though the connection is alive",
+                    self.cfg.stream_timeout
+                ));
+            }
             if started.elapsed() > self.cfg.max_connection_age && !handover_due {
                 crate::info!(
                     "connection {}: {:?} old; handing over before the 24 h cut",
@@ -401,6 +411,7 @@ impl WsConnection {
                         ws = new;
                         started = Instant::now();
                         last_data = Instant::now();
+                        last_market = last_data;
                         last_sent = Some(Instant::now());
                         next_id = HANDOVER_IDS_END;
                         confirmed = topics.clone();
