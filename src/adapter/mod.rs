@@ -2,6 +2,7 @@
 //! leaves an adapter is a typed [`RawInstance`]; nothing downstream sees JSON.
 
 pub mod binance;
+pub mod record;
 pub mod registry;
 
 use std::sync::Arc;

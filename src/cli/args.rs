@@ -23,8 +23,10 @@ pub enum Command {
     CheckConfig {
         config: Option<PathBuf>,
     },
-    /// `tail` parses its own arguments.
+    /// `tail`, `record` and `replay` parse their own arguments.
     Tail(Vec<String>),
+    Record(Vec<String>),
+    Replay(Vec<String>),
     Help,
 }
 
@@ -33,8 +35,11 @@ pub fn parse_args(argv: &[String]) -> Result<Command, String> {
     let Some((cmd, rest)) = argv.split_first() else {
         return Ok(Command::Help);
     };
-    if cmd == "tail" {
-        return Ok(Command::Tail(rest.to_vec()));
+    match cmd.as_str() {
+        "tail" => return Ok(Command::Tail(rest.to_vec())),
+        "record" => return Ok(Command::Record(rest.to_vec())),
+        "replay" => return Ok(Command::Replay(rest.to_vec())),
+        _ => {}
     }
     let mut config = None;
     let mut emit = false;

@@ -2,6 +2,7 @@
 //! 1 runtime failure, 2 configuration or usage error.
 
 mod args;
+mod replay;
 mod sink;
 mod status;
 mod tail;
@@ -28,11 +29,14 @@ USAGE:
   meltica simulate [--addr 127.0.0.1:9443]
   meltica check-config [--config PATH]
 {TAIL}
+{REPLAY}
 
 The config path defaults to $MELTICA_CONFIG, then ./config.yaml.";
 
 fn usage() -> String {
-    USAGE.replace("{TAIL}", tail::USAGE)
+    USAGE
+        .replace("{TAIL}", tail::USAGE)
+        .replace("{REPLAY}", replay::USAGE)
 }
 
 /// Runs the command line and returns the process exit code.
@@ -64,6 +68,8 @@ pub fn main(argv: &[String]) -> ExitCode {
         } => demo(emit_ndjson, duration),
         Command::Simulate { addr } => simulate(addr),
         Command::Tail(args) => tail::main(&args),
+        Command::Record(args) => replay::record(&args),
+        Command::Replay(args) => replay::replay(&args),
     }
 }
 
@@ -114,9 +120,22 @@ fn run_engine(
     duration: Option<Duration>,
     view: Option<status::StatusView>,
 ) -> ExitCode {
+    run_engine_with(cfg, emit_ndjson, duration, view, None)
+}
+
+fn run_engine_with(
+    cfg: Config,
+    emit_ndjson: bool,
+    duration: Option<Duration>,
+    view: Option<status::StatusView>,
+    recorder: Option<crate::adapter::record::Recorder>,
+) -> ExitCode {
     crate::log::set_level(cfg.log);
     let stop = stop_flag();
-    let builder = Engine::builder(cfg);
+    let mut builder = Engine::builder(cfg);
+    if let Some(r) = recorder {
+        builder = builder.record(r);
+    }
     let sink = emit_ndjson.then(|| {
         let sub = builder.subscribe(
             SubscriptionFilter::all(),

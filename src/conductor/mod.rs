@@ -96,6 +96,7 @@ pub struct Conductor {
     table: Arc<DispatchTable>,
     store: Arc<MemorySnapshotStore>,
     mirror: Option<Arc<dyn SnapshotMirror>>,
+    deterministic: bool,
     snapshots: Sender<SnapshotRequest>,
     bus: Arc<dyn DataBus>,
     stats: Arc<ConductorStats>,
@@ -135,6 +136,7 @@ impl Conductor {
             shared_table: table,
             store,
             mirror: None,
+            deterministic: false,
             snapshots,
             bus,
             stats,
@@ -151,6 +153,13 @@ impl Conductor {
 
     /// Records `conductor.orchestrate` and `databus.publish` spans (and the end-to-end
     /// latency of sampled events).
+    /// Replay mode (see [`crate::engine::EngineBuilder::deterministic`]): a fused book's time
+    /// is its last input's recorded receive time, and `latency_ns` is 0.
+    pub fn deterministic(mut self) -> Self {
+        self.deterministic = true;
+        self
+    }
+
     /// Also offers every stored book to `mirror` (a Redis write-through).
     pub fn with_mirror(mut self, mirror: Arc<dyn SnapshotMirror>) -> Self {
         self.mirror = Some(mirror);
@@ -490,7 +499,11 @@ impl Conductor {
         let event = Event {
             event_type: EventType::AnalyticsFused,
             source: "meltica.conductor",
-            ts_ms: clock::wall_ms(),
+            ts_ms: if self.deterministic {
+                (slot.last_ingress_ns / 1_000_000) as i64
+            } else {
+                clock::wall_ms()
+            },
             instrument: Some(slot.instrument.clone()),
             seq: 0,
             payload: Payload::Fused(book),
@@ -506,7 +519,7 @@ impl Conductor {
     /// Numbers the event (gap-free per instrument and type) and publishes it.
     #[inline]
     fn emit(&mut self, mut event: Event, started: Option<SystemTime>) {
-        if event.ingress_ns != 0 {
+        if event.ingress_ns != 0 && !self.deterministic {
             event.latency_ns = clock::mono_ns().saturating_sub(event.ingress_ns);
         }
         if let Some(i) = &event.instrument {

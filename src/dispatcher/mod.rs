@@ -78,6 +78,7 @@ pub struct Dispatcher {
     stats: Arc<DispatcherStats>,
     warned_unrouted: [bool; EventType::COUNT],
     tracing: Tracing,
+    deterministic: bool,
 }
 
 impl Dispatcher {
@@ -89,7 +90,16 @@ impl Dispatcher {
             stats,
             warned_unrouted: [false; EventType::COUNT],
             tracing: Tracing::off(),
+            deterministic: false,
         }
+    }
+
+    /// Replay mode (see [`crate::engine::EngineBuilder::deterministic`]): trace ids from a
+    /// fixed seed; times the exchange does not send are the frames' recorded receive times.
+    pub fn deterministic(mut self) -> Self {
+        self.rng = fastrand::Rng::with_seed(0x6d65_6c74_6963_61);
+        self.deterministic = true;
+        self
     }
 
     /// Records `dispatcher.canonicalize` spans for events sampled at the adapter.
@@ -164,11 +174,12 @@ impl Dispatcher {
         }
         let Some(ctx) = raw.trace else {
             let trace = TraceId::random(&mut self.rng);
-            return Some(Staged::Event {
-                // `seq` is assigned by the publishing stage, so it stays gap-free.
-                event: canonicalize::canonicalize(raw, 0, trace),
-                publish,
-            });
+            // `seq` is assigned by the publishing stage, so it stays gap-free.
+            let mut event = canonicalize::canonicalize(raw, 0, trace);
+            if self.deterministic && event.event_type == EventType::OrderbookTop {
+                event.ts_ms = (event.ingress_ns / 1_000_000) as i64;
+            }
+            return Some(Staged::Event { event, publish });
         };
         // A sampled event: its trace id is the adapter's; this stage's span is its parent
         // from here on.

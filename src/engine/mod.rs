@@ -76,6 +76,8 @@ pub struct EngineBuilder {
     adapter_stats: Arc<AdapterStats>,
     /// A host feeds frames itself: no exchange connection.
     external: bool,
+    recorder: Option<crate::adapter::record::Recorder>,
+    deterministic: bool,
 }
 
 impl EngineBuilder {
@@ -89,7 +91,25 @@ impl EngineBuilder {
             registry: Arc::new(ArcSwap::from_pointee(InstrumentRegistry::default())),
             adapter_stats: Arc::new(AdapterStats::default()),
             external: false,
+            recorder: None,
+            deterministic: false,
         }
+    }
+
+    /// Records every frame and REST body the adapter receives (see
+    /// [`crate::adapter::record`]).
+    pub fn record(mut self, recorder: crate::adapter::record::Recorder) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// Replay mode: the same input gives byte-identical output. Frames must be pushed with
+    /// their receive times ([`FrameSource::push_frame_received`]); event times come from
+    /// them instead of the clock, trace ids from a fixed seed, and `latencyNs` is 0 (a
+    /// replay's latency says nothing about the recorded run).
+    pub fn deterministic(mut self) -> Self {
+        self.deterministic = true;
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -144,9 +164,19 @@ impl FrameSource {
     /// (`{"result":…,"id":…}`) and shutdown notices are accepted and ignored. Blocks while
     /// the pipeline is full.
     pub fn push_frame(&self, text: &str) -> Result<(), FrameError> {
+        self.push(text, crate::clock::mono_ns())
+    }
+
+    /// Like [`FrameSource::push_frame`], for a replay in deterministic mode: `received_ns`
+    /// is the recorded receive time (nanoseconds since the epoch).
+    pub fn push_frame_received(&self, text: &str, received_ns: u64) -> Result<(), FrameError> {
+        self.push(text, received_ns)
+    }
+
+    fn push(&self, text: &str, ingress_ns: u64) -> Result<(), FrameError> {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.frames.fetch_add(1, Relaxed);
-        match parse_frame(text, &self.registry.load(), crate::clock::mono_ns()) {
+        match parse_frame(text, &self.registry.load(), ingress_ns) {
             Ok(Frame::Instance(raw)) => {
                 self.stats.instances.fetch_add(1, Relaxed);
                 self.tx
@@ -168,6 +198,37 @@ impl FrameSource {
 
     /// Ingests a `GET /api/v3/depth` response body for `instrument` (`BTC-USDT`).
     pub fn push_depth_snapshot(&self, instrument: &str, body: &str) -> Result<(), FrameError> {
+        self.push_snapshot(
+            instrument,
+            body,
+            crate::clock::mono_ns(),
+            crate::clock::wall_ms(),
+        )
+    }
+
+    /// Like [`FrameSource::push_depth_snapshot`], with the recorded receive time
+    /// (nanoseconds since the epoch) for a deterministic replay.
+    pub fn push_depth_snapshot_received(
+        &self,
+        instrument: &str,
+        body: &str,
+        received_ns: u64,
+    ) -> Result<(), FrameError> {
+        self.push_snapshot(
+            instrument,
+            body,
+            received_ns,
+            (received_ns / 1_000_000) as i64,
+        )
+    }
+
+    fn push_snapshot(
+        &self,
+        instrument: &str,
+        body: &str,
+        ingress_ns: u64,
+        received_ms: i64,
+    ) -> Result<(), FrameError> {
         let inst = self
             .registry
             .load()
@@ -180,8 +241,8 @@ impl FrameSource {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let raw = RawInstance {
             instrument: inst,
-            ingress_ns: crate::clock::mono_ns(),
-            body: RawBody::DepthSnapshot(snap, crate::clock::wall_ms()),
+            ingress_ns,
+            body: RawBody::DepthSnapshot(snap, received_ms),
             trace: None,
         };
         self.tx
@@ -292,6 +353,8 @@ impl Engine {
             registry,
             adapter_stats,
             external,
+            recorder,
+            deterministic,
         } = builder;
         crate::log::set_level(config.log);
         let t = &config.telemetry;
@@ -382,13 +445,19 @@ impl Engine {
         if let Some(m) = backends.mirror() {
             conductor = conductor.with_mirror(m);
         }
+        if deterministic {
+            conductor = conductor.deterministic();
+        }
         let conductor = supervisor
             .spawn("meltica-conductor".into(), core(1), move || {
                 conductor.run(staged_rx, wait)
             })
             .map_err(spawn_err("meltica-conductor"))?;
-        let dispatcher = Dispatcher::new(shared_table.clone(), dispatcher_stats.clone())
+        let mut dispatcher = Dispatcher::new(shared_table.clone(), dispatcher_stats.clone())
             .with_tracing(tracing.clone());
+        if deterministic {
+            dispatcher = dispatcher.deterministic();
+        }
         let dispatcher = supervisor
             .spawn("meltica-dispatcher".into(), core(0), move || {
                 dispatcher.run(raw_rx, staged_tx, wait)
@@ -406,6 +475,7 @@ impl Engine {
                 pin.clone(),
                 adapter_stats.clone(),
                 tracing.clone(),
+                recorder,
             )?),
             None => None,
         };

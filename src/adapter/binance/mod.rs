@@ -7,6 +7,7 @@ pub mod rest;
 pub mod topics;
 pub mod ws;
 
+use crate::adapter::record::Recorder;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,6 +170,7 @@ pub struct BinanceAdapter {
     tracing: crate::telemetry::pipeline::Tracing,
     conns: Vec<Conn>,
     rest_handle: Option<JoinHandle<()>>,
+    recorder: Option<Recorder>,
 }
 
 impl BinanceAdapter {
@@ -185,6 +187,7 @@ impl BinanceAdapter {
         pin: Vec<usize>,
         stats: Arc<AdapterStats>,
         tracing: crate::telemetry::pipeline::Tracing,
+        recorder: Option<Recorder>,
     ) -> Result<BinanceAdapter, AdapterError> {
         let stop = Arc::new(AtomicBool::new(false));
         let rest_stage = RestStage {
@@ -195,6 +198,7 @@ impl BinanceAdapter {
             stop: stop.clone(),
             stats: stats.clone(),
             pollers,
+            recorder: recorder.clone(),
         };
         let rest_handle = supervisor
             .spawn("meltica-rest".into(), None, move || rest_stage.run())
@@ -214,6 +218,7 @@ impl BinanceAdapter {
             tracing,
             conns: Vec::new(),
             rest_handle: Some(rest_handle),
+            recorder,
         })
     }
 
@@ -295,6 +300,7 @@ impl BinanceAdapter {
             tls: self.tls.clone(),
             desired: BTreeSet::new(),
             tracing: self.tracing.clone(),
+            recorder: self.recorder.clone(),
         };
         let name = format!("meltica-ws-{id}");
         let core = (!self.pin.is_empty()).then(|| self.pin[(2 + id) % self.pin.len()]);
@@ -334,6 +340,7 @@ struct RestStage {
     stats: Arc<AdapterStats>,
     /// The full poller list, replaced whenever the dispatch table changes it.
     pollers: Receiver<Vec<(Instrument, Duration)>>,
+    recorder: Option<Recorder>,
 }
 
 impl RestStage {
@@ -396,7 +403,11 @@ impl RestStage {
             let Some(req) = queue.pop_front() else {
                 continue;
             };
-            match self.rest.depth(req.instrument.symbol(), self.depth) {
+            let fetched = self.rest.depth_body(req.instrument.symbol(), self.depth);
+            if let (Ok(body), Some(r)) = (&fetched, &self.recorder) {
+                r.depth(req.instrument.name(), body);
+            }
+            match fetched.and_then(|b| self.rest.parse_depth(&b)) {
                 Ok(snap) => {
                     failures = 0;
                     queued.remove(&req.instrument.id());

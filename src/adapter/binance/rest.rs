@@ -238,11 +238,20 @@ impl BinanceRest {
 
     /// `GET /api/v3/depth?symbol=…&limit=…`.
     pub fn depth(&self, symbol: &str, limit: u32) -> Result<BinanceDepthSnapshot, RestError> {
-        let body = self.get(
+        self.parse_depth(&self.depth_body(symbol, limit)?)
+    }
+
+    /// `GET /api/v3/depth`, the body as received.
+    pub fn depth_body(&self, symbol: &str, limit: u32) -> Result<String, RestError> {
+        self.get(
             &format!("/api/v3/depth?symbol={symbol}&limit={limit}"),
             depth_weight(limit),
-        )?;
-        parse_depth_snapshot(&body).map_err(|_| RestError::Malformed {
+        )
+    }
+
+    /// Parses a `/api/v3/depth` body.
+    pub fn parse_depth(&self, body: &str) -> Result<BinanceDepthSnapshot, RestError> {
+        parse_depth_snapshot(body).map_err(|_| RestError::Malformed {
             url: format!("{}/api/v3/depth", self.base),
         })
     }

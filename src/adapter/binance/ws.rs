@@ -55,6 +55,7 @@ pub(crate) struct WsConnection {
     pub tls: Arc<rustls::ClientConfig>,
     pub desired: BTreeSet<String>,
     pub tracing: crate::telemetry::pipeline::Tracing,
+    pub recorder: Option<crate::adapter::record::Recorder>,
 }
 
 impl WsConnection {
@@ -440,6 +441,9 @@ impl WsConnection {
         rng: &mut fastrand::Rng,
     ) -> Decoded {
         local.frames += 1;
+        if let Some(r) = &self.recorder {
+            r.ws(self.id, text);
+        }
         let ingress = clock::mono_ns();
         let sampled_at = self.tracing.sample(rng).then(std::time::SystemTime::now);
         let mut parsed = parse_frame(text, registry, ingress);
