@@ -135,3 +135,92 @@ fn an_unreachable_exchange_is_one_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_taken_control_port_is_reported_before_the_exchange_is_asked() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let t = Instant::now();
+    let out = meltica()
+        .args([
+            "run",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml"),
+        ])
+        .env("MELTICA_CONTROL_ADDR", &addr)
+        // Unreachable: the port check must come first and fail fast.
+        .env("BINANCE_REST_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot bind the control API to {addr}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: another process holds the control port"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn a_tls_failure_says_so() {
+    // A plain HTTP server where https is expected.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = plain.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in plain.incoming().flatten() {
+            let mut s = s;
+            let _ = std::io::Write::write_all(
+                &mut s,
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+            );
+        }
+    });
+    let out = meltica()
+        .args([
+            "run",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml"),
+        ])
+        .env("BINANCE_REST_URL", format!("https://127.0.0.1:{port}"))
+        .env(
+            "BINANCE_WS_PUBLIC_URL",
+            format!("wss://127.0.0.1:{port}/stream"),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("hint: the TLS handshake failed"), "{err}");
+}
+
+#[test]
+fn a_bad_config_lists_every_problem_and_exits_2() {
+    let dir = std::env::temp_dir().join(format!("meltica-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.yaml");
+    std::fs::write(
+        &path,
+        "instruments: [BTC-USDT]\nbogus: 1\nbus: {backend: kafka}\n",
+    )
+    .unwrap();
+    let out = meltica()
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("line 2, column 1: bogus: unknown key"),
+        "{err}"
+    );
+    assert!(err.contains("unknown backend \"kafka\""), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -55,10 +55,34 @@ impl ControlHttp {
         health: Probe,
         metrics: Probe,
     ) -> Result<ControlHttp, HttpError> {
-        if !addr.ip().is_loopback() && token.is_none() {
+        let listener = Self::bind(addr, token.is_some())?;
+        Self::serve(listener, token, bus, health, metrics)
+    }
+
+    /// Takes the address (checking the token rule first), so a taken port is reported
+    /// before anything else starts.
+    pub fn bind(addr: SocketAddr, has_token: bool) -> Result<std::net::TcpListener, HttpError> {
+        if !addr.ip().is_loopback() && !has_token {
             return Err(HttpError::TokenRequired(addr));
         }
-        let server = Server::http(addr).map_err(|e| HttpError::Bind {
+        std::net::TcpListener::bind(addr).map_err(|e| HttpError::Bind {
+            addr,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Serves on a bound listener, on its own thread.
+    pub fn serve(
+        listener: std::net::TcpListener,
+        token: Option<String>,
+        bus: Arc<dyn ControlBus>,
+        health: Probe,
+        metrics: Probe,
+    ) -> Result<ControlHttp, HttpError> {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let server = Server::from_listener(listener, None).map_err(|e| HttpError::Bind {
             addr,
             reason: e.to_string(),
         })?;

@@ -148,8 +148,16 @@ fn run_engine_with(
         Err(e) => {
             eprintln!("meltica: cannot start: {e}");
             match e {
+                crate::engine::EngineError::Adapter(ref a) if is_tls_failure(&a.to_string()) => {
+                    eprintln!(
+                        "hint: the TLS handshake failed: use http:// and ws:// for a plain server (such as `meltica simulate`), or check the system clock, proxy and CA certificates"
+                    )
+                }
                 crate::engine::EngineError::Adapter(_) => eprintln!(
                     "hint: check that the exchange is reachable (BINANCE_WS_PUBLIC_URL / BINANCE_REST_URL), or run `meltica demo` to use the built-in simulator"
+                ),
+                crate::engine::EngineError::ControlApi(_) => eprintln!(
+                    "hint: another process holds the control port: stop it, or pick another with MELTICA_CONTROL_ADDR (127.0.0.1:0 takes any free port)"
                 ),
                 crate::engine::EngineError::Telemetry(_) => eprintln!(
                     "hint: fix telemetry.endpoint / OTEL_EXPORTER_OTLP_ENDPOINT, or set OTEL_SDK_DISABLED=true"
@@ -205,6 +213,20 @@ fn run_engine_with(
             ExitCode::from(1)
         }
     }
+}
+
+/// Whether an error text says a TLS handshake failed (rustls and ureq phrase it this way).
+fn is_tls_failure(e: &str) -> bool {
+    let e = e.to_ascii_lowercase();
+    [
+        "tls",
+        "certificate",
+        "handshake",
+        "corrupt message",
+        "invalidcontenttype",
+    ]
+    .iter()
+    .any(|k| e.contains(k))
 }
 
 fn demo(emit_ndjson: bool, duration: Option<Duration>) -> ExitCode {

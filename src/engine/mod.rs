@@ -373,6 +373,11 @@ impl Engine {
                 t.sampling
             );
         }
+        // The control port first: a taken port is reported before the exchange is asked.
+        let control_listener = match config.control.addr {
+            Some(addr) => Some(ControlHttp::bind(addr, config.control.token.is_some())?),
+            None => None,
+        };
         let bcfg = config.adapter.binance.clone();
         let rest = (!external).then(|| Arc::new(BinanceRest::new(&bcfg)));
         let mine = config.shard_instruments();
@@ -566,9 +571,9 @@ impl Engine {
             conductor: Some(conductor),
             started: Instant::now(),
         };
-        if let Some(addr) = engine.config.control.addr {
-            let http = ControlHttp::start(
-                addr,
+        if let Some(listener) = control_listener {
+            let http = ControlHttp::serve(
+                listener,
                 engine.config.control.token.clone(),
                 Arc::new(engine.control.clone()) as Arc<dyn ControlBus>,
                 engine.health_probe(),
