@@ -224,3 +224,67 @@ fn a_bad_config_lists_every_problem_and_exits_2() {
     assert!(err.contains("unknown backend \"kafka\""), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn tail_reads_trades_from_a_running_engine_over_websocket() {
+    let mut demo = meltica()
+        .args(["demo", "--duration", "20s"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("demo prints its events URL").unwrap();
+        if let Some(rest) = line.strip_prefix("events: ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining the demo's status view so it never blocks on stderr.
+    std::thread::spawn(move || for _ in lines {});
+    // A slow consumer that never reads: its queue drops, the engine does not wait.
+    let slow = meltica()
+        .args([
+            "tail",
+            "--url",
+            &format!("{url}?type=TRADE,ORDERBOOK.DELTA&policy=drop_oldest&capacity=16"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = meltica()
+        .args([
+            "tail",
+            "--url",
+            &format!("{url}?type=TRADE"),
+            "--count",
+            "40",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut last: std::collections::HashMap<String, u64> = Default::default();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["type"], "TRADE");
+        let seq = v["seq"].as_u64().unwrap();
+        if let Some(prev) = last.insert(v["instrument"].as_str().unwrap().to_owned(), seq) {
+            assert_eq!(seq, prev + 1, "out of order: {l}");
+        }
+    }
+    assert_eq!(text.lines().count(), 40);
+    let _ = Command::new("kill")
+        .args(["-TERM", &demo.id().to_string()])
+        .status();
+    assert_eq!(demo.wait().unwrap().code(), Some(0));
+    let mut slow = slow;
+    let _ = slow.kill();
+    let _ = slow.wait();
+}

@@ -182,7 +182,15 @@ impl DataBus for MemoryDataBus {
             cut: AtomicBool::new(false),
         });
         let _w = self.writers.lock();
-        let mut v: Vec<Arc<Entry>> = self.entries.load().iter().cloned().collect();
+        // Subscriptions closed since the last publish that matched them go now, so one that
+        // never matches anything does not keep its queue for ever.
+        let mut v: Vec<Arc<Entry>> = self
+            .entries
+            .load()
+            .iter()
+            .filter(|e| !e.stats.closed.load(Ordering::Relaxed) && !e.cut.load(Ordering::Relaxed))
+            .cloned()
+            .collect();
         v.push(entry);
         self.entries.store(Arc::new(v));
         Subscription { inner, stats }

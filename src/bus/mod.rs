@@ -6,6 +6,7 @@ pub mod http;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod ws;
 
 pub use control::{ControlBus, MemoryControlBus};
 pub use data::{

@@ -156,6 +156,9 @@ fn run_engine_with(
                 crate::engine::EngineError::Adapter(_) => eprintln!(
                     "hint: check that the exchange is reachable (BINANCE_WS_PUBLIC_URL / BINANCE_REST_URL), or run `meltica demo` to use the built-in simulator"
                 ),
+                crate::engine::EngineError::EventsEndpoint { .. } => eprintln!(
+                    "hint: another process holds that port: stop it, or pick another with MELTICA_WS_ADDR (127.0.0.1:0 takes any free port)"
+                ),
                 crate::engine::EngineError::ControlApi(_) => eprintln!(
                     "hint: another process holds the control port: stop it, or pick another with MELTICA_CONTROL_ADDR (127.0.0.1:0 takes any free port)"
                 ),
@@ -170,6 +173,11 @@ fn run_engine_with(
             return ExitCode::from(1);
         }
     };
+    if let Some(addr) = engine.events_addr() {
+        eprintln!(
+            "events: ws://{addr}/events  (meltica tail --url 'ws://{addr}/events?type=TRADE')"
+        );
+    }
     if let Some(addr) = engine.control_addr() {
         eprintln!(
             "control API: http://{addr}  (GET /control/routes, /healthz, /metrics; POST /control/subscribe)"
@@ -260,6 +268,10 @@ fn demo(emit_ndjson: bool, duration: Option<Duration>) -> ExitCode {
         && std::net::TcpListener::bind(addr).is_err()
     {
         cfg.control.addr = Some(std::net::SocketAddr::new(addr.ip(), 0));
+    }
+    // Consumers in other processes can connect (`meltica tail --url …`).
+    if cfg.bus.ws_addr.is_none() {
+        cfg.bus.ws_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     }
     eprintln!(
         "meltica demo: simulator on {} ({})",

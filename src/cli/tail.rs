@@ -185,9 +185,48 @@ fn open(t: &TailArgs) -> Result<Box<dyn Feed>, String> {
     }
 }
 
+/// An engine's WebSocket endpoint. An engine that stops closes the connection: the feed
+/// ends (a clean close) or fails (anything else).
+struct WsFeed {
+    client: crate::bus::ws::EventClient,
+    ended: Option<crate::bus::ws::ClientError>,
+}
+
+impl Feed for WsFeed {
+    fn next(&mut self, timeout: Duration) -> Result<String, bool> {
+        if self.ended.is_some() {
+            return Err(true);
+        }
+        match self.client.recv_timeout(timeout) {
+            Ok(line) => Ok(line),
+            Err(e) if e.is_timeout() => Err(false),
+            Err(e) => {
+                self.ended = Some(e);
+                Err(true)
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        match &self.ended {
+            Some(crate::bus::ws::ClientError::Closed {
+                code: 1000 | 1001, ..
+            })
+            | None => None,
+            Some(e) => Some(e.to_string()),
+        }
+    }
+}
+
 fn ws_feed(url: &str, token: Option<&str>) -> Result<Box<dyn Feed>, String> {
-    let _ = (url, token);
-    Err("the WebSocket source is not available in this build".into())
+    crate::bus::ws::EventClient::connect(url, token)
+        .map(|client| {
+            Box::new(WsFeed {
+                client,
+                ended: None,
+            }) as Box<dyn Feed>
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// Runs the command.

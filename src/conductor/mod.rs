@@ -368,10 +368,8 @@ impl Conductor {
                 pool::give_levels(s.bids);
                 pool::give_levels(s.asks);
             }
-            Payload::Fused(book) => {
-                if self.spare_books.len() < SPARE_BOOKS {
-                    self.spare_books.push_back(book);
-                }
+            Payload::Fused(book) if self.spare_books.len() < SPARE_BOOKS => {
+                self.spare_books.push_back(book);
             }
             _ => {}
         }

@@ -46,6 +46,15 @@ pub fn apply(cfg: &mut Config, lookup: impl Fn(&str) -> Option<String>) -> Vec<C
             ),
         }
     }
+    if let Some(v) = get("MELTICA_WS_ADDR") {
+        match v.parse::<SocketAddr>() {
+            Ok(a) => cfg.bus.ws_addr = Some(a),
+            Err(_) => bad(
+                "MELTICA_WS_ADDR",
+                format!("{v:?} is not an IP:port address"),
+            ),
+        }
+    }
     if let Some(v) = get("MELTICA_CONTROL_TOKEN") {
         cfg.control.token = Some(v);
     }

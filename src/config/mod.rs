@@ -272,6 +272,9 @@ pub struct BusConfig {
     pub subscriber_queue: usize,
     /// Default backpressure policy of a subscriber.
     pub policy: BackpressurePolicy,
+    /// The WebSocket endpoint for consumers (`ws://ADDR/events?type=…`); `None` = off. A
+    /// non-loopback address requires `control.token`, which it then also requires.
+    pub ws_addr: Option<SocketAddr>,
 }
 
 /// What a subscriber's queue does when it is full.
@@ -399,6 +402,7 @@ impl Default for Config {
                 stage_queue: 65_536,
                 subscriber_queue: 65_536,
                 policy: BackpressurePolicy::Block,
+                ws_addr: None,
             },
             shard: ShardConfig::default(),
             control: ControlConfig {
@@ -555,6 +559,18 @@ impl Config {
                         "the control API on non-loopback address {a} needs a token (control.token or MELTICA_CONTROL_TOKEN)"
                     ),
                 });
+        }
+        if let Some(a) = self.bus.ws_addr
+            && !a.ip().is_loopback()
+            && self.control.token.is_none()
+        {
+            out.push(ConfigProblem {
+                loc,
+                path: "bus.ws_addr".into(),
+                message: format!(
+                    "the WebSocket endpoint on non-loopback address {a} needs a token (control.token or MELTICA_CONTROL_TOKEN)"
+                ),
+            });
         }
         out
     }

@@ -158,10 +158,11 @@ pub fn to_yaml(c: &Config) -> String {
     }
     let _ = writeln!(
         o,
-        "  stage_queue: {}\n  subscriber_queue: {}\n  policy: {}",
+        "  stage_queue: {}\n  subscriber_queue: {}\n  policy: {}\n  ws_addr: {}",
         c.bus.stage_queue,
         c.bus.subscriber_queue,
-        c.bus.policy.as_str()
+        c.bus.policy.as_str(),
+        c.bus.ws_addr.map_or("~".to_owned(), |a| a.to_string())
     );
     let _ = writeln!(
         o,

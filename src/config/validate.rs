@@ -473,6 +473,20 @@ fn bus(cx: &mut Cx, n: &Node, out: &mut BusConfig) {
     if let Some(v) = s.take("policy") {
         cx.policy(v, "bus.policy", &mut out.policy);
     }
+    if let Some(v) = s.take("ws_addr") {
+        if matches!(v.value, Value::Null) {
+            out.ws_addr = None;
+        } else if let Some(a) = cx.string(v, "bus.ws_addr") {
+            match a.parse::<SocketAddr>() {
+                Ok(a) => out.ws_addr = Some(a),
+                Err(_) => cx.problem(
+                    v.loc,
+                    "bus.ws_addr",
+                    &format!("{a:?} is not an IP:port address"),
+                ),
+            }
+        }
+    }
     s.finish(cx);
 }
 

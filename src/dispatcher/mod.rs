@@ -97,7 +97,7 @@ impl Dispatcher {
     /// Replay mode (see [`crate::engine::EngineBuilder::deterministic`]): trace ids from a
     /// fixed seed; times the exchange does not send are the frames' recorded receive times.
     pub fn deterministic(mut self) -> Self {
-        self.rng = fastrand::Rng::with_seed(0x6d65_6c74_6963_61);
+        self.rng = fastrand::Rng::with_seed(0x006d_656c_7469_6361);
         self.deterministic = true;
         self
     }

@@ -30,6 +30,7 @@ use crate::adapter::{
     AdapterCounts, AdapterStats, Ingress, InstrumentRegistry, RawBody, RawInstance, SharedRegistry,
 };
 use crate::bus::http::{ControlHttp, HttpError, Probe};
+use crate::bus::ws::EventServer;
 use crate::bus::{
     ControlBus, DataBus, MemoryControlBus, MemoryDataBus, SubscribeOptions, Subscription,
     SubscriptionFilter,
@@ -61,6 +62,13 @@ pub enum EngineError {
     },
     #[error("{0}")]
     StageFailed(StageFailure),
+    #[error(
+        "cannot start the WebSocket endpoint on {addr}: {source} (set bus.ws_addr or MELTICA_WS_ADDR, e.g. 127.0.0.1:0)"
+    )]
+    EventsEndpoint {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     /// A configured backend (Redis, NATS) could not start.
     #[error("{0}")]
     Backend(String),
@@ -322,6 +330,7 @@ pub struct Engine {
     control_stop: Arc<AtomicBool>,
     control_thread: Option<JoinHandle<()>>,
     http: Option<ControlHttp>,
+    events_ws: Option<EventServer>,
     backends: backends::Backends,
     sla: SlaHistogram,
     sweeper: Option<JoinHandle<()>>,
@@ -376,6 +385,18 @@ impl Engine {
         // The control port first: a taken port is reported before the exchange is asked.
         let control_listener = match config.control.addr {
             Some(addr) => Some(ControlHttp::bind(addr, config.control.token.is_some())?),
+            None => None,
+        };
+        let events_ws = match config.bus.ws_addr {
+            Some(addr) => Some(
+                EventServer::start(
+                    addr,
+                    config.control.token.clone(),
+                    bus.clone() as Arc<dyn DataBus>,
+                    (config.bus.subscriber_queue, config.bus.policy),
+                )
+                .map_err(|e| EngineError::EventsEndpoint { addr, source: e })?,
+            ),
             None => None,
         };
         let bcfg = config.adapter.binance.clone();
@@ -561,6 +582,7 @@ impl Engine {
             control_stop,
             control_thread: Some(control_thread),
             http: None,
+            events_ws,
             backends,
             sla,
             sweeper: Some(sweeper),
@@ -720,6 +742,11 @@ impl Engine {
         })
     }
 
+    /// Where the WebSocket endpoint for consumers listens, when it is on.
+    pub fn events_addr(&self) -> Option<std::net::SocketAddr> {
+        self.events_ws.as_ref().map(|s| s.addr())
+    }
+
     /// What the Redis and NATS backends have done so far.
     pub fn backend_stats(&self) -> BackendStats {
         self.backends.stats()
@@ -834,6 +861,9 @@ impl Engine {
             let _ = h.join();
         }
         self.bus.close();
+        if let Some(s) = self.events_ws.take() {
+            s.shutdown();
+        }
         self.backends.stop();
         // Last: everything recorded is flushed to the collector.
         self._instruments.take();

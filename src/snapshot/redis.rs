@@ -895,6 +895,12 @@ impl Writer {
     }
 }
 
+impl crate::snapshot::SnapshotMirror for RedisWriteThrough {
+    fn offer(&self, key: Key, book: Arc<FusedBook>) {
+        RedisWriteThrough::offer(self, key, book);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -974,11 +980,5 @@ mod tests {
     fn scan_patterns_escape_globs() {
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
         assert_eq!(glob_escape("meltica:snap:"), "meltica:snap:");
-    }
-}
-
-impl crate::snapshot::SnapshotMirror for RedisWriteThrough {
-    fn offer(&self, key: Key, book: Arc<FusedBook>) {
-        RedisWriteThrough::offer(self, key, book);
     }
 }

@@ -409,7 +409,7 @@ impl WsConnection {
                 local.flush(&self.stats);
                 match self.handover(&mut ws, &topics, &mut registry, &mut rng) {
                     Ok(Handover::Done(new)) => {
-                        ws = new;
+                        ws = *new;
                         started = Instant::now();
                         last_data = Instant::now();
                         last_market = last_data;
@@ -649,7 +649,7 @@ impl WsConnection {
             self.id,
             topics.len()
         );
-        Ok(Handover::Done(new))
+        Ok(Handover::Done(Box::new(new)))
     }
 }
 
@@ -663,7 +663,7 @@ enum Decoded {
 
 /// How a hand-over ended.
 enum Handover {
-    Done(Ws),
+    Done(Box<Ws>),
     Stopped,
 }
 
