@@ -56,7 +56,7 @@ impl Backends {
     /// Starts the snapshot mirror and the NATS bridge. The bridge subscribes to `bus` here,
     /// before any stage runs, so it sees every event.
     pub fn start(config: &Config, bus: &MemoryDataBus) -> Result<Backends, EngineError> {
-        #[allow(unused_mut)]
+        #[allow(unused_mut, clippy::needless_update)]
         let mut b = Backends {
             run: crate::clock::wall_ms().to_string(),
             ..Backends::default()
