@@ -59,7 +59,7 @@ pub fn main(argv: &[String]) -> ExitCode {
             emit_ndjson,
             duration,
         } => match load(config) {
-            Ok(cfg) => run_engine(cfg, emit_ndjson, duration, None),
+            Ok(cfg) => run_engine(cfg, emit_ndjson, duration, Some(status::StatusView::new())),
             Err(code) => code,
         },
         Command::Demo {
