@@ -1,6 +1,7 @@
 //! The Binance spot adapter: WebSocket connections (`meltica-ws-N`), the REST stage
 //! (`meltica-rest`), and the wire types and parsing they share.
 
+mod fast;
 pub mod messages;
 pub mod parse;
 pub mod rest;

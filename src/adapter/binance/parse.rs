@@ -183,10 +183,19 @@ fn split_combined(text: &str) -> Option<(&str, &str)> {
 pub fn parse_body(kind: StreamKind, data: &str) -> Result<RawBody, ParseError> {
     let m = |_| ParseError::Malformed;
     Ok(match kind {
-        StreamKind::Depth => RawBody::DepthUpdate(serde_json::from_str(data).map_err(m)?),
-        StreamKind::Trade => RawBody::Trade(serde_json::from_str(data).map_err(m)?),
+        StreamKind::Depth => RawBody::DepthUpdate(match super::fast::depth_update(data) {
+            Some(d) => d,
+            None => serde_json::from_str(data).map_err(m)?,
+        }),
+        StreamKind::Trade => RawBody::Trade(match super::fast::trade(data) {
+            Some(t) => t,
+            None => serde_json::from_str(data).map_err(m)?,
+        }),
         StreamKind::AggTrade => RawBody::AggTrade(serde_json::from_str(data).map_err(m)?),
-        StreamKind::BookTicker => RawBody::BookTicker(serde_json::from_str(data).map_err(m)?),
+        StreamKind::BookTicker => RawBody::BookTicker(match super::fast::book_ticker(data) {
+            Some(t) => t,
+            None => serde_json::from_str(data).map_err(m)?,
+        }),
         StreamKind::Ticker => RawBody::Ticker(serde_json::from_str(data).map_err(m)?),
     })
 }
