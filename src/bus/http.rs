@@ -183,11 +183,7 @@ fn authorized(req: &Request, token: &Option<String>) -> bool {
     req.headers()
         .iter()
         .find(|h| h.field.equiv("Authorization"))
-        .is_some_and(|h| constant_time_eq(h.value.as_str().as_bytes(), expected.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .is_some_and(|h| super::constant_time_eq(h.value.as_str().as_bytes(), expected.as_bytes()))
 }
 
 fn handle(mut req: Request, ctx: &Ctx) {

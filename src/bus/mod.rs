@@ -14,3 +14,9 @@ pub use data::{
     SubscriptionFilter, SubscriptionStats,
 };
 pub use memory::MemoryDataBus;
+
+/// Compares a presented token with the expected one in time that depends only on their
+/// lengths (the HTTP API, the WebSocket endpoint and NATS control share it).
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1324,10 +1324,6 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
     headers?.get(name).map(|v| v.as_str())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Checks and parses a control request with the HTTP API's rules, in its order: token
 /// (401), size (413), JSON (400), command (422).
 fn read_request(
@@ -1355,7 +1351,7 @@ fn parse_request(
     if let Some(token) = token {
         let expected = format!("Bearer {token}");
         let given = header(headers, "Authorization").unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        if !super::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             return refuse(401, None, "missing or wrong bearer token".into());
         }
     }

@@ -429,12 +429,8 @@ impl Shared {
         let prefix = b"Bearer ";
         got.len() == prefix.len() + token.len()
             && got[..prefix.len()].eq_ignore_ascii_case(prefix)
-            && constant_time_eq(&got[prefix.len()..], token.as_bytes())
+            && super::constant_time_eq(&got[prefix.len()..], token.as_bytes())
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What a consumer asked for.
@@ -1547,8 +1543,8 @@ mod tests {
 
     #[test]
     fn bearer_tokens_compare_exactly() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(crate::bus::constant_time_eq(b"abc", b"abc"));
+        assert!(!crate::bus::constant_time_eq(b"abc", b"abd"));
+        assert!(!crate::bus::constant_time_eq(b"abc", b"abcd"));
     }
 }
