@@ -1,4 +1,4 @@
-//! Argument parsing for the four commands.
+//! Argument parsing for the commands.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,8 +27,20 @@ pub enum Command {
     Tail(Vec<String>),
     Record(Vec<String>),
     Replay(Vec<String>),
+    Soak {
+        duration: Duration,
+        instruments: usize,
+        /// `None`: the simulator's default seed.
+        seed: Option<u64>,
+        no_faults: bool,
+    },
     Help,
 }
+
+/// Default length of `meltica soak`.
+pub const SOAK_DURATION: Duration = Duration::from_secs(3600);
+/// Most instruments `meltica soak` simulates.
+pub const SOAK_MAX_INSTRUMENTS: usize = 1000;
 
 /// Parses `argv` (without the program name).
 pub fn parse_args(argv: &[String]) -> Result<Command, String> {
@@ -45,6 +57,9 @@ pub fn parse_args(argv: &[String]) -> Result<Command, String> {
     let mut emit = false;
     let mut duration = None;
     let mut addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9443));
+    let mut instruments = 3;
+    let mut seed = None;
+    let mut no_faults = false;
     let mut it = rest.iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -69,7 +84,7 @@ pub fn parse_args(argv: &[String]) -> Result<Command, String> {
                 }
                 emit = true;
             }
-            ("run" | "demo", "--duration") => {
+            ("run" | "demo" | "soak", "--duration") => {
                 let v = value("--duration")?;
                 duration = Some(
                     parse_duration(&v)
@@ -83,6 +98,24 @@ pub fn parse_args(argv: &[String]) -> Result<Command, String> {
                     .parse()
                     .map_err(|_| format!("invalid --addr {v:?}; use IP:port"))?;
             }
+            ("soak", "--instruments") => {
+                let v = value("--instruments")?;
+                instruments = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=SOAK_MAX_INSTRUMENTS).contains(n))
+                    .ok_or_else(|| {
+                        format!("invalid --instruments {v:?}; use 1..={SOAK_MAX_INSTRUMENTS}")
+                    })?;
+            }
+            ("soak", "--seed") => {
+                let v = value("--seed")?;
+                seed = Some(
+                    v.parse()
+                        .map_err(|_| format!("invalid --seed {v:?}; use an unsigned integer"))?,
+                );
+            }
+            ("soak", "--no-faults") if inline.is_none() => no_faults = true,
             _ => return Err(format!("unknown argument {a:?} for {cmd:?}")),
         }
     }
@@ -98,6 +131,12 @@ pub fn parse_args(argv: &[String]) -> Result<Command, String> {
         },
         "simulate" => Command::Simulate { addr },
         "check-config" => Command::CheckConfig { config },
+        "soak" => Command::Soak {
+            duration: duration.unwrap_or(SOAK_DURATION),
+            instruments,
+            seed,
+            no_faults,
+        },
         "help" | "-h" | "--help" => Command::Help,
         other => return Err(format!("unknown command {other:?}")),
     })
@@ -138,5 +177,28 @@ mod tests {
         assert!(p("run --duration soon").is_err());
         assert!(p("simulate --config x").is_err());
         assert!(p("fly").is_err());
+        assert_eq!(
+            p("soak").unwrap(),
+            Command::Soak {
+                duration: SOAK_DURATION,
+                instruments: 3,
+                seed: None,
+                no_faults: false
+            }
+        );
+        assert_eq!(
+            p("soak --duration 90s --instruments 8 --seed 42 --no-faults").unwrap(),
+            Command::Soak {
+                duration: Duration::from_secs(90),
+                instruments: 8,
+                seed: Some(42),
+                no_faults: true
+            }
+        );
+        assert!(p("soak --instruments 0").is_err());
+        assert!(p("soak --seed -1").is_err());
+        assert!(p("soak --no-faults=yes").is_err());
+        assert!(p("soak --emit ndjson").is_err());
+        assert!(p("demo --no-faults").is_err());
     }
 }

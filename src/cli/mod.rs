@@ -1,9 +1,11 @@
-//! The command line: `run`, `demo`, `simulate`, `check-config`. Exit codes: 0 success,
-//! 1 runtime failure, 2 configuration or usage error.
+//! The command line: `run`, `demo`, `simulate`, `check-config`, `tail`, `record`,
+//! `replay`, `soak`. Exit codes: 0 success, 1 runtime failure (for `soak`: an invariant
+//! failed), 2 configuration or usage error.
 
 mod args;
 mod replay;
 mod sink;
+pub mod soak;
 mod status;
 mod tail;
 
@@ -28,6 +30,7 @@ USAGE:
   meltica demo [--duration 30s] [--emit ndjson]
   meltica simulate [--addr 127.0.0.1:9443]
   meltica check-config [--config PATH]
+  meltica soak [--duration 1h] [--instruments N] [--seed S] [--no-faults]
 {TAIL}
 {REPLAY}
 
@@ -70,6 +73,25 @@ pub fn main(argv: &[String]) -> ExitCode {
         Command::Tail(args) => tail::main(&args),
         Command::Record(args) => replay::record(&args),
         Command::Replay(args) => replay::replay(&args),
+        Command::Soak {
+            duration,
+            instruments,
+            seed,
+            no_faults,
+        } => {
+            let defaults = soak::SoakOptions::default();
+            soak::main(&soak::SoakOptions {
+                duration,
+                instruments,
+                seed: seed.unwrap_or(defaults.seed),
+                faults: if no_faults {
+                    crate::simulator::FaultConfig::none()
+                } else {
+                    defaults.faults.clone()
+                },
+                ..defaults
+            })
+        }
     }
 }
 
