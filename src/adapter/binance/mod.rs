@@ -448,22 +448,69 @@ impl RestStage {
     }
 }
 
+/// Queues a snapshot request: resyncs ahead of scheduled polls, and first come, first
+/// served among themselves (a book that lost sync earlier is not served last).
 fn enqueue(queue: &mut VecDeque<SnapshotRequest>, queued: &mut BTreeSet<u32>, r: SnapshotRequest) {
     let id = r.instrument.id();
+    let after_resyncs = |q: &VecDeque<SnapshotRequest>| {
+        q.iter()
+            .position(|x| x.reason != SnapshotReason::Resync)
+            .unwrap_or(q.len())
+    };
     if queued.contains(&id) {
         // Already waiting; a resync overtakes a scheduled poll of the same instrument.
         if r.reason == SnapshotReason::Resync
             && let Some(pos) = queue.iter().position(|q| q.instrument.id() == id)
+            && queue[pos].reason != SnapshotReason::Resync
         {
             let mut q = queue.remove(pos).expect("position is in range");
             q.reason = SnapshotReason::Resync;
-            queue.push_front(q);
+            let at = after_resyncs(queue);
+            queue.insert(at, q);
         }
         return;
     }
     queued.insert(id);
     match r.reason {
-        SnapshotReason::Resync => queue.push_front(r),
+        SnapshotReason::Resync => {
+            let at = after_resyncs(queue);
+            queue.insert(at, r);
+        }
         SnapshotReason::Scheduled => queue.push_back(r),
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+    use crate::schema::{Instrument, InstrumentInfo};
+
+    fn req(id: u32, reason: SnapshotReason) -> SnapshotRequest {
+        let mut info = InstrumentInfo::named(&format!("I{id}-USDT")).expect("a canonical name");
+        info.id = id;
+        SnapshotRequest {
+            instrument: Instrument::new(info),
+            reason,
+        }
+    }
+
+    #[test]
+    fn resyncs_go_first_in_arrival_order() {
+        let (mut q, mut queued) = (VecDeque::new(), BTreeSet::new());
+        enqueue(&mut q, &mut queued, req(1, SnapshotReason::Scheduled));
+        enqueue(&mut q, &mut queued, req(2, SnapshotReason::Resync));
+        enqueue(&mut q, &mut queued, req(3, SnapshotReason::Resync));
+        enqueue(&mut q, &mut queued, req(1, SnapshotReason::Resync));
+        enqueue(&mut q, &mut queued, req(3, SnapshotReason::Resync));
+        let order: Vec<(u32, SnapshotReason)> =
+            q.iter().map(|r| (r.instrument.id(), r.reason)).collect();
+        assert_eq!(
+            order,
+            vec![
+                (2, SnapshotReason::Resync),
+                (3, SnapshotReason::Resync),
+                (1, SnapshotReason::Resync),
+            ]
+        );
     }
 }
