@@ -24,7 +24,7 @@ pub enum Source {
 
 /// Where a JetStream read starts; without one, only events published from now on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum From {
+pub enum Start {
     Live,
     First,
     New,
@@ -36,7 +36,7 @@ pub struct TailArgs {
     pub source: Source,
     pub types: Vec<EventType>,
     pub instruments: Vec<String>,
-    pub from: From,
+    pub from: Start,
     pub prefix: String,
     pub token: Option<String>,
     pub table: bool,
@@ -50,7 +50,7 @@ pub fn parse(args: &[String]) -> Result<TailArgs, String> {
         source: Source::Nats("nats://127.0.0.1:4222".into()),
         types: Vec::new(),
         instruments: Vec::new(),
-        from: From::Live,
+        from: Start::Live,
         prefix: "meltica".into(),
         token: None,
         table: false,
@@ -94,10 +94,10 @@ pub fn parse(args: &[String]) -> Result<TailArgs, String> {
             "--from" => {
                 let v = value()?;
                 t.from = match v.as_str() {
-                    "first" => From::First,
-                    "new" => From::New,
+                    "first" => Start::First,
+                    "new" => Start::New,
                     s => match s.strip_prefix("seq:").and_then(|n| n.parse().ok()) {
-                        Some(n) => From::Sequence(n),
+                        Some(n) => Start::Sequence(n),
                         None => return Err(format!("--from {v:?}: use first, new or seq:N")),
                     },
                 };
@@ -130,7 +130,7 @@ pub fn parse(args: &[String]) -> Result<TailArgs, String> {
         }
     }
     if matches!(t.source, Source::WebSocket(_))
-        && (!t.types.is_empty() || !t.instruments.is_empty() || t.from != From::Live)
+        && (!t.types.is_empty() || !t.instruments.is_empty() || t.from != Start::Live)
     {
         return Err(
             "with --url, put the filters in the URL (…/events?type=TRADE&instrument=BTC-USDT); --from is for NATS"
@@ -167,10 +167,10 @@ fn open(t: &TailArgs) -> Result<Box<dyn Feed>, String> {
         Source::Nats(url) => {
             use crate::bus::nats::{NatsTail, TailStart};
             let start = match t.from {
-                From::Live => None,
-                From::First => Some(TailStart::First),
-                From::New => Some(TailStart::New),
-                From::Sequence(n) => Some(TailStart::Sequence(n)),
+                Start::Live => None,
+                Start::First => Some(TailStart::First),
+                Start::New => Some(TailStart::New),
+                Start::Sequence(n) => Some(TailStart::Sequence(n)),
             };
             NatsTail::connect(url, &t.prefix, &t.types, &t.instruments, start)
                 .map(|tail| Box::new(NatsFeed(tail)) as Box<dyn Feed>)
@@ -378,7 +378,7 @@ mod tests {
         assert_eq!(t.source, Source::Nats("nats://h:1".into()));
         assert_eq!(t.types, vec![EventType::Trade, EventType::AnalyticsFused]);
         assert_eq!(t.instruments, vec!["BTC-USDT".to_string()]);
-        assert_eq!(t.from, From::Sequence(7));
+        assert_eq!(t.from, Start::Sequence(7));
         assert!(t.table);
         assert_eq!(t.count, Some(3));
         assert!(p("--type NOPE").unwrap_err().contains("NOPE"));

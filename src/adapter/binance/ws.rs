@@ -224,9 +224,7 @@ impl WsConnection {
         let mut confirmed: BTreeSet<String> = BTreeSet::new();
         let mut at_exchange: BTreeSet<String> = BTreeSet::new();
         let mut inflight: HashMap<u64, Inflight> = HashMap::new();
-        // One message of the per-second budget is left for pongs, which Binance counts too.
-        let min_gap =
-            Duration::from_secs(1) / self.cfg.messages_per_second.saturating_sub(1).max(1);
+        let min_gap = self.min_gap();
         let mut registry = self.registry.load_full();
         let mut rng = fastrand::Rng::new();
         let mut last_sent: Option<Instant> = None;
@@ -432,6 +430,12 @@ impl WsConnection {
         }
     }
 
+    /// The least time between two client messages: one message of Binance's per-second
+    /// budget is left for pongs, which it counts too.
+    fn min_gap(&self) -> Duration {
+        Duration::from_secs(1) / self.cfg.messages_per_second.saturating_sub(1).max(1)
+    }
+
     /// Decodes one text frame, counting it, and starts its trace when sampled.
     fn decode(
         &self,
@@ -513,8 +517,7 @@ impl WsConnection {
     ) -> Result<Handover, String> {
         let deadline = Instant::now() + HANDOVER_TIMEOUT;
         let mut new = self.connect()?;
-        let min_gap =
-            Duration::from_secs(1) / self.cfg.messages_per_second.saturating_sub(1).max(1);
+        let min_gap = self.min_gap();
         let topics: Vec<String> = topics.iter().cloned().collect();
         let chunks: Vec<&[String]> = topics.chunks(TOPICS_PER_MESSAGE).collect();
         let mut local = LocalStats::default();
