@@ -1,6 +1,7 @@
-//! Measures applying one 20-level depth diff (10 bids, 10 asks, near the top of a
-//! 1000-level book) to meltica's sorted-vector book, to a `BTreeMap` book, and through the
-//! full sync state machine (`BookSync::on_delta`, live), on the same generated diffs.
+//! Measures applying one depth diff (up to 10 bids and 10 asks, near the top of a
+//! 1000-level book) to meltica's sorted-vector book (whole sides in Binance's order, and
+//! level by level), to a `BTreeMap` book, and through the full sync state machine
+//! (`BookSync::on_delta`, live), on the same generated diffs.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -28,7 +29,7 @@ fn snapshot() -> BookSnapshot {
 }
 
 /// Diffs like a busy market's: mostly quantity changes near the top, some removals and
-/// re-insertions.
+/// re-insertions, in Binance's order.
 fn diffs(n: usize) -> Vec<BookDelta> {
     let mut rng = fastrand::Rng::with_seed(7);
     (0..n)
@@ -49,8 +50,13 @@ fn diffs(n: usize) -> Vec<BookDelta> {
                     })
                     .collect()
             };
-            let bids = side(-1);
-            let asks = side(1);
+            // Binance lists a diff's levels best first, each price once.
+            let mut bids = side(-1);
+            bids.sort_by(|a, b| b.0.cmp(&a.0));
+            bids.dedup_by_key(|l| l.0);
+            let mut asks = side(1);
+            asks.sort_by(|a, b| a.0.cmp(&b.0));
+            asks.dedup_by_key(|l| l.0);
             BookDelta {
                 first_update_id: 2 + k as u64,
                 final_update_id: 2 + k as u64,
@@ -93,6 +99,21 @@ fn bench(c: &mut Criterion) {
     book.reset(&snap.bids, &snap.asks, 1);
     let mut i = 0;
     g.bench_function("meltica_vec_book", |b| {
+        b.iter(|| {
+            let d = &ds[i % ds.len()];
+            i += 1;
+            book.apply(Side::Bid, &d.bids);
+            book.apply(Side::Ask, &d.asks);
+            black_box(&book);
+        })
+    });
+
+    // The same diffs level by level, each searched from the top (as for levels that come
+    // in no particular order).
+    let mut book = OrderBook::default();
+    book.reset(&snap.bids, &snap.asks, 1);
+    let mut i = 0;
+    g.bench_function("meltica_vec_book_level_by_level", |b| {
         b.iter(|| {
             let d = &ds[i % ds.len()];
             i += 1;

@@ -5,11 +5,12 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
+/// The binary with its control API on a free port, so tests never fight over 7070.
 fn meltica() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_meltica"));
-    c.env_remove("MELTICA_CONFIG")
-        .env_remove("MELTICA_LOG")
-        .env("MELTICA_CONTROL_ADDR", "127.0.0.1:0");
+    let mut c = support::meltica(&[]);
+    c.env("MELTICA_CONTROL_ADDR", "127.0.0.1:0");
     c
 }
 

@@ -78,15 +78,6 @@ log: warn
     )
 }
 
-fn meltica(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_meltica"));
-    c.args(args)
-        .env_remove("MELTICA_CONFIG")
-        .env_remove("MELTICA_LOG")
-        .env_remove("MELTICA_CONTROL_ADDR");
-    c
-}
-
 fn stop(mut child: Child) -> (Option<i32>, String) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -142,7 +133,7 @@ fn sharded_engines_publish_one_stream_and_a_late_consumer_resumes_from_redis() {
     store.clear_prefix().unwrap();
 
     // The operator's tail, listening before the engines start.
-    let tail = meltica(&[
+    let tail = support::meltica(&[
         "tail",
         "--nats",
         NATS,
@@ -163,7 +154,7 @@ fn sharded_engines_publish_one_stream_and_a_late_consumer_resumes_from_redis() {
         .map(|i| {
             let path = dir.join(format!("shard{i}.yaml"));
             std::fs::write(&path, engine_config(&sim, &tag, i)).unwrap();
-            meltica(&["run", "--config", path.to_str().unwrap()])
+            support::meltica(&["run", "--config", path.to_str().unwrap()])
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()

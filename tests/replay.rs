@@ -7,15 +7,6 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn meltica(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_meltica"));
-    c.args(args)
-        .env_remove("MELTICA_CONFIG")
-        .env_remove("MELTICA_LOG")
-        .env_remove("MELTICA_CONTROL_ADDR");
-    c
-}
-
 #[test]
 fn a_recording_replays_identically_and_at_its_own_pace() {
     let secs: u64 = std::env::var("MELTICA_RECORD_SECS")
@@ -36,7 +27,7 @@ fn a_recording_replays_identically_and_at_its_own_pace() {
     )
     .unwrap();
     let rec = dir.join("run.rec.gz");
-    let out = meltica(&[
+    let out = support::meltica(&[
         "record",
         "--out",
         rec.to_str().unwrap(),
@@ -54,7 +45,7 @@ fn a_recording_replays_identically_and_at_its_own_pace() {
 
     let replay = |speed: &str| {
         let t = Instant::now();
-        let out = meltica(&[
+        let out = support::meltica(&[
             "replay",
             rec.to_str().unwrap(),
             "--speed",

@@ -102,3 +102,48 @@ fn a_gap_resyncs_only_the_affected_instrument() {
         assert_eq!(counts.unaccounted(t), 0, "{t}: {counts:?}");
     }
 }
+
+/// Slow snapshots do not queue behind each other: with every snapshot taking a second,
+/// eight books are fetched `concurrency` at a time, never more, and all go live.
+#[test]
+fn slow_snapshots_are_fetched_side_by_side_within_the_configured_concurrency() {
+    use meltica::config::RouteConfig;
+    use meltica::simulator::{FaultConfig, SimSymbol, Simulator, SimulatorConfig};
+
+    let bases: Vec<String> = (0..8).map(|i| format!("S{}", (b'A' + i) as char)).collect();
+    let sim = Simulator::start(SimulatorConfig {
+        symbols: bases
+            .iter()
+            .map(|b| SimSymbol::new(&format!("{b}USDT"), b, "USDT", "100", "0.01", "0.001"))
+            .collect(),
+        updates_per_sec: 10,
+        trades_per_step: 0.0,
+        ..SimulatorConfig::default()
+    })
+    .unwrap();
+    sim.faults().set(&FaultConfig {
+        slow_snapshot_rate: 1.0,
+        slow_snapshot_delay: Duration::from_secs(1),
+        ..FaultConfig::none()
+    });
+    let mut cfg = support::config_for(&sim);
+    cfg.instruments = bases.iter().map(|b| format!("{b}-USDT")).collect();
+    cfg.adapter.binance.snapshot.concurrency = 4;
+    cfg.dispatcher.routes = vec![RouteConfig::for_type(EventType::AnalyticsFused)];
+    let engine = Engine::start(cfg).unwrap();
+    let t0 = Instant::now();
+    assert!(
+        support::wait_until(Duration::from_secs(30), || engine
+            .instruments()
+            .iter()
+            .all(|i| engine.book_status(i) == Quality::Live)),
+        "books never went live"
+    );
+    let peak = sim.peak_concurrent_snapshots();
+    println!(
+        "8 books, every snapshot 1 s late: live after {:?}, at most {peak} snapshots at once",
+        t0.elapsed()
+    );
+    assert!((2..=4).contains(&peak), "peak concurrent snapshots {peak}");
+    engine.shutdown().unwrap();
+}

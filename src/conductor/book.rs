@@ -4,6 +4,8 @@
 //! (Best-first storage would shift the whole side on every top-of-book insert; the bench in
 //! `benches/conductor.rs` compares both layouts and a `BTreeMap`.)
 
+use std::cmp::Ordering;
+
 use crate::schema::{Decimal, Level};
 
 /// One side's ordering.
@@ -25,14 +27,8 @@ pub struct OrderBook {
 impl OrderBook {
     /// Replaces the whole book with a snapshot's levels (quantity-zero levels skipped).
     pub fn reset(&mut self, bids: &[Level], asks: &[Level], last_update_id: u64) {
-        self.bids.clear();
-        self.asks.clear();
-        for &(p, q) in bids {
-            self.set(Side::Bid, p, q);
-        }
-        for &(p, q) in asks {
-            self.set(Side::Ask, p, q);
-        }
+        fill(&mut self.bids, bids, bid_order);
+        fill(&mut self.asks, asks, ask_order);
         self.last_update_id = last_update_id;
     }
 
@@ -45,23 +41,17 @@ impl OrderBook {
     /// Sets a level's absolute quantity; zero removes it (removing an absent level is normal).
     #[inline]
     pub fn set(&mut self, side: Side, price: Decimal, qty: Decimal) {
-        let (levels, pos) = match side {
-            Side::Bid => {
-                let pos = search_from_top(&self.bids, |l| l.0.cmp(&price));
-                (&mut self.bids, pos)
-            }
-            Side::Ask => {
-                let pos = search_from_top(&self.asks, |l| price.cmp(&l.0));
-                (&mut self.asks, pos)
-            }
-        };
-        match (pos, qty.is_zero()) {
-            (Ok(i), true) => {
-                levels.remove(i);
-            }
-            (Ok(i), false) => levels[i].1 = qty,
-            (Err(_), true) => {}
-            (Err(i), false) => levels.insert(i, (price, qty)),
+        self.apply(side, &[(price, qty)]);
+    }
+
+    /// Sets each level of one side of a diff, in order. Binance lists a diff's levels best
+    /// first, so each search starts where the previous level landed instead of at the top;
+    /// a level out of that order searches from the top again.
+    #[inline]
+    pub fn apply(&mut self, side: Side, diff: &[Level]) {
+        match side {
+            Side::Bid => apply_side(&mut self.bids, diff, bid_order),
+            Side::Ask => apply_side(&mut self.asks, diff, ask_order),
         }
     }
 
@@ -111,13 +101,66 @@ impl OrderBook {
     }
 }
 
+/// Where `level` sits against `price` in the bids' vector order (ascending).
+#[inline]
+fn bid_order(level: Decimal, price: Decimal) -> Ordering {
+    level.cmp(&price)
+}
+
+/// Where `level` sits against `price` in the asks' vector order (descending).
+#[inline]
+fn ask_order(level: Decimal, price: Decimal) -> Ordering {
+    price.cmp(&level)
+}
+
+/// Replaces a side with a snapshot's levels. A snapshot lists them best first, which is
+/// this vector's order reversed; anything else is applied level by level.
+fn fill(levels: &mut Vec<Level>, from: &[Level], order: fn(Decimal, Decimal) -> Ordering) {
+    levels.clear();
+    if from
+        .windows(2)
+        .all(|w| order(w[0].0, w[1].0) == Ordering::Greater)
+    {
+        levels.extend(from.iter().rev().filter(|l| !l.1.is_zero()));
+    } else {
+        apply_side(levels, from, order);
+    }
+}
+
+/// Sets each of `diff`'s levels in `levels` (best at the end, ordered by `order`).
+#[inline]
+fn apply_side(levels: &mut Vec<Level>, diff: &[Level], order: fn(Decimal, Decimal) -> Ordering) {
+    // Every level at or above `top` is better than the one being set.
+    let mut top = levels.len();
+    let mut prev: Option<Decimal> = None;
+    for &(price, qty) in diff {
+        if prev.is_some_and(|p| order(p, price) != Ordering::Greater) {
+            top = levels.len();
+        }
+        prev = Some(price);
+        let pos = search_from_top(&levels[..top], |l| order(l.0, price));
+        top = match (pos, qty.is_zero()) {
+            (Ok(i), true) => {
+                levels.remove(i);
+                i
+            }
+            (Ok(i), false) => {
+                levels[i].1 = qty;
+                i
+            }
+            (Err(i), true) => i,
+            (Err(i), false) => {
+                levels.insert(i, (price, qty));
+                i
+            }
+        };
+    }
+}
+
 /// Search for a vector whose "top" is its end. Most updates land within a few levels of
 /// the top, so the last levels are scanned linearly before falling back to binary search.
 #[inline]
-fn search_from_top(
-    levels: &[Level],
-    cmp: impl Fn(&Level) -> std::cmp::Ordering,
-) -> Result<usize, usize> {
+fn search_from_top(levels: &[Level], cmp: impl Fn(&Level) -> Ordering) -> Result<usize, usize> {
     use std::cmp::Ordering::*;
     const SCAN: usize = 16;
     let n = levels.len();
@@ -194,5 +237,74 @@ mod tests {
             bids.into_iter().rev().collect::<Vec<_>>()
         );
         assert_eq!(book.ask_levels(), asks.into_iter().collect::<Vec<_>>());
+    }
+
+    /// Whole diffs and snapshots, in Binance's order (best first) and shuffled, with
+    /// repeated prices: the same book as a `BTreeMap` setting level by level.
+    #[test]
+    fn diffs_and_snapshots_match_a_btreemap_in_any_order() {
+        let mut rng = fastrand::Rng::with_seed(9);
+        let mut book = OrderBook::default();
+        let mut reference: [BTreeMap<Decimal, Decimal>; 2] = Default::default();
+        let side_levels = |rng: &mut fastrand::Rng, bid: bool| {
+            let mut v: Vec<Level> = (0..rng.usize(0..12))
+                .map(|_| {
+                    let q = if rng.u8(..) < 80 { 0 } else { rng.i64(1..1000) };
+                    (
+                        d(if bid {
+                            100 - rng.i64(0..60)
+                        } else {
+                            101 + rng.i64(0..60)
+                        }),
+                        d(q),
+                    )
+                })
+                .collect();
+            match rng.u8(0..3) {
+                0 => {}
+                1 => {
+                    v.sort_by(|a, b| if bid { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) });
+                    v.dedup_by_key(|l| l.0);
+                }
+                _ => v.sort_by(|a, b| if bid { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) }),
+            }
+            v
+        };
+        for round in 0..5_000 {
+            let (bids, asks) = (side_levels(&mut rng, true), side_levels(&mut rng, false));
+            if round % 500 == 0 {
+                book.reset(&bids, &asks, round);
+                reference.iter_mut().for_each(BTreeMap::clear);
+            } else {
+                book.apply(Side::Bid, &bids);
+                book.apply(Side::Ask, &asks);
+            }
+            for (side, levels) in reference.iter_mut().zip([&bids, &asks]) {
+                for &(p, q) in levels {
+                    if q.is_zero() {
+                        side.remove(&p);
+                    } else {
+                        side.insert(p, q);
+                    }
+                }
+            }
+            assert_eq!(
+                book.bid_levels(),
+                reference[0]
+                    .iter()
+                    .rev()
+                    .map(|(p, q)| (*p, *q))
+                    .collect::<Vec<_>>(),
+                "round {round}"
+            );
+            assert_eq!(
+                book.ask_levels(),
+                reference[1]
+                    .iter()
+                    .map(|(p, q)| (*p, *q))
+                    .collect::<Vec<_>>(),
+                "round {round}"
+            );
+        }
     }
 }

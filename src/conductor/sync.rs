@@ -283,12 +283,8 @@ impl BookSync {
     }
 
     fn apply(&mut self, d: &BookDelta) {
-        for &(p, q) in &d.bids {
-            self.book.set(Side::Bid, p, q);
-        }
-        for &(p, q) in &d.asks {
-            self.book.set(Side::Ask, p, q);
-        }
+        self.book.apply(Side::Bid, &d.bids);
+        self.book.apply(Side::Ask, &d.asks);
         self.book.last_update_id = d.final_update_id;
     }
 }

@@ -75,6 +75,8 @@ pub struct SnapshotFetchConfig {
     pub depth: u32,
     /// Periodic snapshot refresh; zero fetches only on subscription and resync.
     pub interval: Duration,
+    /// Snapshots fetched at once (one thread each), all under the one weight budget.
+    pub concurrency: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -378,6 +380,7 @@ impl Default for Config {
                     snapshot: SnapshotFetchConfig {
                         depth: 1000,
                         interval: Duration::ZERO,
+                        concurrency: 4,
                     },
                     trade_stream: TradeStream::Trade,
                     max_streams_per_connection: 1024,

@@ -49,9 +49,10 @@ pub fn to_yaml(c: &Config) -> String {
     );
     let _ = writeln!(
         o,
-        "    snapshot:\n      depth: {}\n      interval: {}",
+        "    snapshot:\n      depth: {}\n      interval: {}\n      concurrency: {}",
         b.snapshot.depth,
-        dur(b.snapshot.interval)
+        dur(b.snapshot.interval),
+        b.snapshot.concurrency
     );
     let _ = writeln!(
         o,

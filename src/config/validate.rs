@@ -187,6 +187,20 @@ fn adapter(cx: &mut Cx, n: &Node, out: &mut AdapterConfig) {
                     &mut o.snapshot.interval,
                 );
             }
+            if let Some(v) = s.take("concurrency") {
+                let mut n = 0u64;
+                if cx.uint(v, "adapter.binance.snapshot.concurrency", &mut n) {
+                    if (1..=16).contains(&n) {
+                        o.snapshot.concurrency = n as usize;
+                    } else {
+                        cx.problem(
+                            v.loc,
+                            "adapter.binance.snapshot.concurrency",
+                            "expected 1..=16 snapshots fetched at once",
+                        );
+                    }
+                }
+            }
             s.finish(cx);
         }
         if let Some(v) = b.take("trade_stream")

@@ -216,6 +216,9 @@ pub(crate) struct Shared {
     pub client: ClientAccounting,
     /// When each depth snapshot was served, and for which symbol.
     pub depth_served: Mutex<Vec<(Instant, String)>>,
+    /// Depth requests being answered right now, and the most there ever were at once.
+    pub depth_in_progress: AtomicU64,
+    pub depth_in_progress_peak: AtomicU64,
 }
 
 /// A SUBSCRIBE or UNSUBSCRIBE the simulator received.
@@ -289,6 +292,8 @@ impl Simulator {
             faults,
             client: ClientAccounting::default(),
             depth_served: Mutex::new(Vec::new()),
+            depth_in_progress: AtomicU64::new(0),
+            depth_in_progress_peak: AtomicU64::new(0),
         });
         let mut threads = Vec::with_capacity(2);
         let s = Arc::clone(&shared);
@@ -383,6 +388,11 @@ impl Simulator {
     /// When each `/api/v3/depth` snapshot was served, and for which symbol.
     pub fn depth_snapshots_served(&self) -> Vec<(Instant, String)> {
         self.shared.depth_served.lock().clone()
+    }
+
+    /// The most `/api/v3/depth` requests that were being answered at the same time.
+    pub fn peak_concurrent_snapshots(&self) -> u64 {
+        self.shared.depth_in_progress_peak.load(Ordering::Relaxed)
     }
 
     /// Every SUBSCRIBE and UNSUBSCRIBE received, in order.

@@ -229,6 +229,7 @@ pub(crate) fn handle(
         return write_response(stream, r.status, &headers, &body, keep_alive);
     }
     let is_depth = req.path == "/api/v3/depth";
+    let _answering = is_depth.then(|| InProgress::enter(shared));
     let mut r = route(shared, req);
     let headers = [
         weight_header("x-mbx-used-weight", shared),
@@ -259,6 +260,25 @@ pub(crate) fn handle(
         }
     }
     write_response(stream, r.status, &headers, &r.body, keep_alive)
+}
+
+/// Counts a depth request as being answered until dropped.
+struct InProgress<'a>(&'a Shared);
+
+impl<'a> InProgress<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let now = shared.depth_in_progress.fetch_add(1, Ordering::Relaxed) + 1;
+        shared
+            .depth_in_progress_peak
+            .fetch_max(now, Ordering::Relaxed);
+        InProgress(shared)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.depth_in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn weight_header(name: &'static str, shared: &Shared) -> (&'static str, String) {

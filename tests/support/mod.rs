@@ -8,6 +8,19 @@ use std::time::{Duration, Instant};
 use meltica::config::{Config, LogLevel};
 use meltica::simulator::{Simulator, SimulatorConfig};
 
+/// The `meltica` binary with `args`, without any `MELTICA_*` override from the caller's
+/// environment: a test sets the ones it means.
+pub fn meltica(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_meltica"));
+    c.args(args);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MELTICA_") {
+            c.env_remove(key);
+        }
+    }
+    c
+}
+
 /// Starts a simulator on 127.0.0.1:0 with the given market steps per second.
 pub fn simulator(updates_per_sec: u32) -> Simulator {
     Simulator::start(SimulatorConfig {

@@ -171,6 +171,7 @@ pub struct BinanceAdapter {
     tracing: crate::telemetry::pipeline::Tracing,
     conns: Vec<Conn>,
     rest_handle: Option<JoinHandle<()>>,
+    fetchers: Vec<JoinHandle<()>>,
     recorder: Option<Recorder>,
 }
 
@@ -191,15 +192,35 @@ impl BinanceAdapter {
         recorder: Option<Recorder>,
     ) -> Result<BinanceAdapter, AdapterError> {
         let stop = Arc::new(AtomicBool::new(false));
+        let concurrency = cfg.snapshot.concurrency.max(1);
+        let (jobs_tx, jobs) = bounded::<SnapshotRequest>(concurrency);
+        let (done_tx, done) = unbounded::<Fetched>();
+        let mut fetchers = Vec::with_capacity(concurrency);
+        for k in 0..concurrency {
+            let fetcher = Fetcher {
+                rest: rest.clone(),
+                depth: cfg.snapshot.depth,
+                jobs: jobs.clone(),
+                done: done_tx.clone(),
+                recorder: recorder.clone(),
+            };
+            let name = format!("meltica-fetch-{k}");
+            fetchers.push(
+                supervisor
+                    .spawn(name.clone(), None, move || fetcher.run())
+                    .map_err(|source| AdapterError::Spawn { name, source })?,
+            );
+        }
         let rest_stage = RestStage {
             rest,
-            depth: cfg.snapshot.depth,
+            concurrency,
+            jobs: jobs_tx,
+            done,
             requests: snapshots,
             out: out.clone(),
             stop: stop.clone(),
             stats: stats.clone(),
             pollers,
-            recorder: recorder.clone(),
         };
         let rest_handle = supervisor
             .spawn("meltica-rest".into(), None, move || rest_stage.run())
@@ -219,6 +240,7 @@ impl BinanceAdapter {
             tracing,
             conns: Vec::new(),
             rest_handle: Some(rest_handle),
+            fetchers,
             recorder,
         })
     }
@@ -327,47 +349,107 @@ impl BinanceAdapter {
         if let Some(h) = self.rest_handle.take() {
             let _ = h.join();
         }
+        // The stage's end closed the fetchers' queue; each finishes its request first.
+        for h in self.fetchers.drain(..) {
+            let _ = h.join();
+        }
     }
 }
 
 /// The `meltica-rest` stage: depth snapshots on demand and on schedule, resyncs first,
-/// one at a time under the shared request-weight budget.
+/// under the shared request-weight budget. It keeps the queue and hands requests to
+/// `concurrency` fetcher threads, so one slow snapshot does not hold the others back; a
+/// 429/418 (which Binance applies to the whole IP) holds them all.
 struct RestStage {
     rest: Arc<BinanceRest>,
-    depth: u32,
+    concurrency: usize,
+    jobs: Sender<SnapshotRequest>,
+    done: Receiver<Fetched>,
     requests: Receiver<SnapshotRequest>,
     out: Sender<Ingress>,
     stop: Arc<AtomicBool>,
     stats: Arc<AdapterStats>,
     /// The full poller list, replaced whenever the dispatch table changes it.
     pollers: Receiver<Vec<(Instrument, Duration)>>,
+}
+
+/// A fetcher's answer to one request.
+struct Fetched {
+    request: SnapshotRequest,
+    result: Result<messages::BinanceDepthSnapshot, RestError>,
+    ingress_ns: u64,
+    received_ms: i64,
+}
+
+/// A `meltica-fetch-N` thread: fetches and parses the snapshots it is handed.
+struct Fetcher {
+    rest: Arc<BinanceRest>,
+    depth: u32,
+    jobs: Receiver<SnapshotRequest>,
+    done: Sender<Fetched>,
     recorder: Option<Recorder>,
+}
+
+impl Fetcher {
+    fn run(self) {
+        for request in self.jobs.iter() {
+            let fetched = self
+                .rest
+                .depth_body(request.instrument.symbol(), self.depth);
+            let (ingress_ns, received_ms) = (crate::clock::mono_ns(), crate::clock::wall_ms());
+            if let (Ok(body), Some(r)) = (&fetched, &self.recorder) {
+                r.depth(request.instrument.name(), body);
+            }
+            let result = fetched.and_then(|b| self.rest.parse_depth(&b));
+            let answer = Fetched {
+                request,
+                result,
+                ingress_ns,
+                received_ms,
+            };
+            if self.done.send(answer).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 impl RestStage {
     fn run(self) {
         let mut queue: VecDeque<SnapshotRequest> = VecDeque::new();
         let mut queued: BTreeSet<u32> = BTreeSet::new();
+        let mut in_flight: BTreeSet<u32> = BTreeSet::new();
         let mut pollers: Vec<(Instrument, Duration)> = Vec::new();
         let mut next_poll: Vec<Instant> = Vec::new();
         let mut not_before = Instant::now();
         let mut failures: u32 = 0;
+        let mut requests = self.requests.clone();
         while !self.stop.load(Ordering::Relaxed) {
-            let wait = if queue.is_empty() {
-                Duration::from_millis(50)
+            // Everything that could start has; wake for news, for a poll, or when a
+            // back-off ends.
+            let now = Instant::now();
+            let wait = if !queue.is_empty() && now < not_before {
+                (not_before - now).min(Duration::from_millis(50))
             } else {
-                Duration::ZERO
+                Duration::from_millis(50)
             };
-            match self.requests.recv_timeout(wait) {
-                Ok(r) => enqueue(&mut queue, &mut queued, r),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    if queue.is_empty() {
-                        std::thread::sleep(Duration::from_millis(50));
+            crossbeam_channel::select! {
+                recv(requests) -> r => match r {
+                    Ok(r) => enqueue(&mut queue, &mut queued, r),
+                    // The engine is stopping; finish what is queued until told to stop.
+                    Err(_) => requests = crossbeam_channel::never(),
+                },
+                recv(self.done) -> f => {
+                    if let Ok(f) = f {
+                        in_flight.remove(&f.request.instrument.id());
+                        if !self.finish(f, &mut queue, &mut queued, &mut failures, &mut not_before) {
+                            return;
+                        }
                     }
-                }
+                },
+                default(wait) => {},
             }
-            while let Ok(r) = self.requests.try_recv() {
+            while let Ok(r) = requests.try_recv() {
                 enqueue(&mut queue, &mut queued, r);
             }
             let now = Instant::now();
@@ -397,52 +479,70 @@ impl RestStage {
                     );
                 }
             }
-            if now < not_before {
-                std::thread::sleep((not_before - now).min(Duration::from_millis(50)));
-                continue;
-            }
-            let Some(req) = queue.pop_front() else {
-                continue;
-            };
-            let fetched = self.rest.depth_body(req.instrument.symbol(), self.depth);
-            if let (Ok(body), Some(r)) = (&fetched, &self.recorder) {
-                r.depth(req.instrument.name(), body);
-            }
-            match fetched.and_then(|b| self.rest.parse_depth(&b)) {
-                Ok(snap) => {
-                    failures = 0;
-                    queued.remove(&req.instrument.id());
-                    self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .rest_weight_used
-                        .store(u64::from(self.rest.weight_used()), Ordering::Relaxed);
-                    let raw = RawInstance {
-                        instrument: req.instrument,
-                        ingress_ns: crate::clock::mono_ns(),
-                        body: RawBody::DepthSnapshot(snap, crate::clock::wall_ms()),
-                        trace: None,
-                    };
-                    if self.out.send(Ingress::Raw(raw)).is_err() {
-                        return;
-                    }
+            // Hand out the first requests whose instrument is not being fetched already.
+            while in_flight.len() < self.concurrency && Instant::now() >= not_before {
+                let Some(pos) = queue
+                    .iter()
+                    .position(|r| !in_flight.contains(&r.instrument.id()))
+                else {
+                    break;
+                };
+                let req = queue.remove(pos).expect("position is in range");
+                let id = req.instrument.id();
+                queued.remove(&id);
+                in_flight.insert(id);
+                if self.jobs.send(req).is_err() {
+                    return;
                 }
-                Err(e) => {
-                    self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
-                    failures = failures.saturating_add(1);
-                    let delay = e.retry_after().unwrap_or_else(|| {
-                        Duration::from_millis((200u64 << failures.min(8)).min(30_000))
-                    });
-                    crate::warn!(
-                        "snapshot of {} failed: {e}; retrying in {delay:?}",
-                        req.instrument
-                    );
-                    not_before = Instant::now() + delay;
-                    if e.is_retryable() || req.reason == SnapshotReason::Resync {
-                        queue.push_front(req);
-                    } else {
-                        queued.remove(&req.instrument.id());
-                    }
+            }
+        }
+    }
+
+    /// Publishes a fetched snapshot, or queues its request again after a failure. `false`
+    /// once the pipeline is gone.
+    fn finish(
+        &self,
+        f: Fetched,
+        queue: &mut VecDeque<SnapshotRequest>,
+        queued: &mut BTreeSet<u32>,
+        failures: &mut u32,
+        not_before: &mut Instant,
+    ) -> bool {
+        let req = f.request;
+        match f.result {
+            Ok(snap) => {
+                *failures = 0;
+                self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .rest_weight_used
+                    .store(u64::from(self.rest.weight_used()), Ordering::Relaxed);
+                let raw = RawInstance {
+                    instrument: req.instrument,
+                    ingress_ns: f.ingress_ns,
+                    body: RawBody::DepthSnapshot(snap, f.received_ms),
+                    trace: None,
+                };
+                self.out.send(Ingress::Raw(raw)).is_ok()
+            }
+            Err(e) => {
+                self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                *failures = failures.saturating_add(1);
+                let delay = e.retry_after().unwrap_or_else(|| {
+                    Duration::from_millis((200u64 << (*failures).min(8)).min(30_000))
+                });
+                crate::warn!(
+                    "snapshot of {} failed: {e}; retrying in {delay:?}",
+                    req.instrument
+                );
+                *not_before = (*not_before).max(Instant::now() + delay);
+                // A newer request for the instrument, if one came meanwhile, stands for this one.
+                if (e.is_retryable() || req.reason == SnapshotReason::Resync)
+                    && !queued.contains(&req.instrument.id())
+                {
+                    queued.insert(req.instrument.id());
+                    queue.push_front(req);
                 }
+                true
             }
         }
     }

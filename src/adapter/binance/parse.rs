@@ -94,10 +94,48 @@ struct Head<'a> {
     symbol: Option<&'a str>,
     #[serde(default)]
     id: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "stream_list")]
     result: Option<Vec<String>>,
     #[serde(default)]
     error: Option<BinanceApiError>,
+}
+
+/// Binance allows this many streams on one connection; a LIST_SUBSCRIPTIONS answer longer
+/// than that is not Binance's, and refusing it bounds what a hostile frame can make us hold.
+pub const MAX_LISTED_STREAMS: usize = 1024;
+
+/// `result`: `null`, or a list of at most [`MAX_LISTED_STREAMS`] stream names.
+fn stream_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    struct Streams;
+    impl<'de> serde::de::Visitor<'de> for Streams {
+        type Value = Option<Vec<String>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "null or at most {MAX_LISTED_STREAMS} stream names")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut streams = Vec::new();
+            while let Some(s) = seq.next_element::<String>()? {
+                if streams.len() == MAX_LISTED_STREAMS {
+                    return Err(serde::de::Error::invalid_length(streams.len() + 1, &self));
+                }
+                streams.push(s);
+            }
+            Ok(Some(streams))
+        }
+    }
+    d.deserialize_option(Streams)
 }
 
 /// Parses one text frame from a combined (`/stream`) or raw (`/ws`) connection.
@@ -341,6 +379,26 @@ mod tests {
             panic!()
         };
         assert!(err.error.unwrap().contains("Invalid request"));
+    }
+
+    #[test]
+    fn a_stream_list_longer_than_binance_allows_is_malformed() {
+        let r = registry();
+        let list = |n: usize| {
+            let names = vec![r#""btcusdt@trade""#; n].join(",");
+            format!(r#"{{"result":[{names}],"id":7}}"#)
+        };
+        let Ok(Frame::Response(full)) = parse_frame(&list(MAX_LISTED_STREAMS), &r, 0) else {
+            panic!()
+        };
+        assert_eq!(full.streams.unwrap().len(), MAX_LISTED_STREAMS);
+        assert_eq!(
+            parse_frame(&list(MAX_LISTED_STREAMS + 1), &r, 0),
+            Err(ParseError::Malformed)
+        );
+        // A million empty names would have been held as a million strings.
+        let hostile = format!(r#"{{"result":[{}""],"id":8}}"#, r#""","#.repeat(1_000_000));
+        assert_eq!(parse_frame(&hostile, &r, 0), Err(ParseError::Malformed));
     }
 
     #[test]
