@@ -115,7 +115,11 @@ fn ask_order(level: Decimal, price: Decimal) -> Ordering {
 
 /// Replaces a side with a snapshot's levels. A snapshot lists them best first, which is
 /// this vector's order reversed; anything else is applied level by level.
-fn fill(levels: &mut Vec<Level>, from: &[Level], order: fn(Decimal, Decimal) -> Ordering) {
+fn fill(
+    levels: &mut Vec<Level>,
+    from: &[Level],
+    order: impl Fn(Decimal, Decimal) -> Ordering + Copy,
+) {
     levels.clear();
     if from
         .windows(2)
@@ -129,7 +133,11 @@ fn fill(levels: &mut Vec<Level>, from: &[Level], order: fn(Decimal, Decimal) -> 
 
 /// Sets each of `diff`'s levels in `levels` (best at the end, ordered by `order`).
 #[inline]
-fn apply_side(levels: &mut Vec<Level>, diff: &[Level], order: fn(Decimal, Decimal) -> Ordering) {
+fn apply_side(
+    levels: &mut Vec<Level>,
+    diff: &[Level],
+    order: impl Fn(Decimal, Decimal) -> Ordering + Copy,
+) {
     // Every level at or above `top` is better than the one being set.
     let mut top = levels.len();
     let mut prev: Option<Decimal> = None;
@@ -138,7 +146,7 @@ fn apply_side(levels: &mut Vec<Level>, diff: &[Level], order: fn(Decimal, Decima
             top = levels.len();
         }
         prev = Some(price);
-        let pos = search_from_top(&levels[..top], |l| order(l.0, price));
+        let pos = search_from_top(&levels[..top], price, order);
         top = match (pos, qty.is_zero()) {
             (Ok(i), true) => {
                 levels.remove(i);
@@ -157,23 +165,32 @@ fn apply_side(levels: &mut Vec<Level>, diff: &[Level], order: fn(Decimal, Decima
     }
 }
 
-/// Search for a vector whose "top" is its end. Most updates land within a few levels of
-/// the top, so the last levels are scanned linearly before falling back to binary search.
+/// Where `price` is, or would go, in `levels` (best at the end, ordered by `order`). Most
+/// updates land within a few levels of the top, so the top levels are counted without a
+/// branch (the ones better than `price` are a run at the end; a scan that stops at the
+/// first worse level mispredicts its exit on nearly every call), with a binary search
+/// below them.
 #[inline]
-fn search_from_top(levels: &[Level], cmp: impl Fn(&Level) -> Ordering) -> Result<usize, usize> {
-    use std::cmp::Ordering::*;
+fn search_from_top(
+    levels: &[Level],
+    price: Decimal,
+    order: impl Fn(Decimal, Decimal) -> Ordering,
+) -> Result<usize, usize> {
     const SCAN: usize = 16;
     let n = levels.len();
-    let stop = n.saturating_sub(SCAN);
-    let mut i = n;
-    while i > stop {
-        match cmp(&levels[i - 1]) {
-            Equal => return Ok(i - 1),
-            Less => return Err(i),
-            Greater => i -= 1,
-        }
+    let lo = n.saturating_sub(SCAN);
+    let better = levels[lo..]
+        .iter()
+        .filter(|l| order(l.0, price) == Ordering::Greater)
+        .count();
+    let i = n - better;
+    if i == lo && lo > 0 {
+        return levels[..lo].binary_search_by(|l| order(l.0, price));
     }
-    levels[..stop].binary_search_by(cmp)
+    match i.checked_sub(1) {
+        Some(j) if levels[j].0 == price => Ok(j),
+        _ => Err(i),
+    }
 }
 
 #[cfg(test)]
