@@ -73,6 +73,9 @@ pub fn depth_weight(limit: u32) -> u32 {
 struct Budget {
     window_start: Instant,
     used: u32,
+    /// Weight of requests sent and not yet answered. An answer's `x-mbx-used-weight-1m`
+    /// counts that request but maybe not the others still in flight, so they are added to it.
+    in_flight: u32,
     banned_until: Option<Instant>,
 }
 
@@ -97,6 +100,7 @@ impl BinanceRest {
             budget: Mutex::new(Budget {
                 window_start: Instant::now(),
                 used: 0,
+                in_flight: 0,
                 banned_until: None,
             }),
         }
@@ -129,6 +133,7 @@ impl BinanceRest {
             });
         }
         b.used += weight;
+        b.in_flight += weight;
         Ok(())
     }
 
@@ -144,16 +149,26 @@ impl BinanceRest {
             url: url.clone(),
             reason: e.to_string(),
         };
-        let mut resp = self.agent.get(&url).call().map_err(transport)?;
-        let status = resp.status().as_u16();
+        let called = self.agent.get(&url).call();
+        let mut b = self.budget.lock();
+        b.in_flight -= weight;
+        let mut resp = match called {
+            Ok(resp) => resp,
+            Err(e) => {
+                drop(b);
+                return Err(transport(e));
+            }
+        };
         if let Some(used) = resp
             .headers()
             .get("x-mbx-used-weight-1m")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u32>().ok())
         {
-            self.budget.lock().used = used;
+            b.used = used + b.in_flight;
         }
+        drop(b);
+        let status = resp.status().as_u16();
         if status == 429 || status == 418 {
             let retry_after = resp
                 .headers()
