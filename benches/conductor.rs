@@ -52,10 +52,10 @@ fn diffs(n: usize) -> Vec<BookDelta> {
             };
             // Binance lists a diff's levels best first, each price once.
             let mut bids = side(-1);
-            bids.sort_by(|a, b| b.0.cmp(&a.0));
+            bids.sort_by_key(|l| std::cmp::Reverse(l.0));
             bids.dedup_by_key(|l| l.0);
             let mut asks = side(1);
-            asks.sort_by(|a, b| a.0.cmp(&b.0));
+            asks.sort_by_key(|l| l.0);
             asks.dedup_by_key(|l| l.0);
             BookDelta {
                 first_update_id: 2 + k as u64,
