@@ -229,7 +229,7 @@ pub(crate) fn handle(
         return write_response(stream, r.status, &headers, &body, keep_alive);
     }
     let is_depth = req.path == "/api/v3/depth";
-    let _answering = is_depth.then(|| InProgress::enter(shared));
+    let answering = is_depth.then(|| InProgress::enter(shared));
     let mut r = route(shared, req);
     let headers = [
         weight_header("x-mbx-used-weight", shared),
@@ -259,6 +259,8 @@ pub(crate) fn handle(
             shared.depth_served.lock().push((Instant::now(), sym));
         }
     }
+    // Answered once the body is ready; writing it is the client's reading.
+    drop(answering);
     write_response(stream, r.status, &headers, &r.body, keep_alive)
 }
 

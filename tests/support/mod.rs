@@ -8,13 +8,17 @@ use std::time::{Duration, Instant};
 use meltica::config::{Config, LogLevel};
 use meltica::simulator::{Simulator, SimulatorConfig};
 
-/// The `meltica` binary with `args`, without any `MELTICA_*` override from the caller's
-/// environment: a test sets the ones it means.
+/// The `meltica` binary with `args`, without any override the config reads from the
+/// caller's environment (`MELTICA_*`, `BINANCE_*`, `OTEL_*`): a test sets the ones it means.
 pub fn meltica(args: &[&str]) -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_meltica"));
     c.args(args);
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MELTICA_") {
+        let k = key.to_string_lossy();
+        if ["MELTICA_", "BINANCE_", "OTEL_"]
+            .iter()
+            .any(|p| k.starts_with(p))
+        {
             c.env_remove(key);
         }
     }

@@ -203,6 +203,7 @@ impl BinanceAdapter {
                 jobs: jobs.clone(),
                 done: done_tx.clone(),
                 recorder: recorder.clone(),
+                stop: stop.clone(),
             };
             let name = format!("meltica-fetch-{k}");
             fetchers.push(
@@ -388,11 +389,15 @@ struct Fetcher {
     jobs: Receiver<SnapshotRequest>,
     done: Sender<Fetched>,
     recorder: Option<Recorder>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Fetcher {
     fn run(self) {
         for request in self.jobs.iter() {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
             let fetched = self
                 .rest
                 .depth_body(request.instrument.symbol(), self.depth);
@@ -440,11 +445,11 @@ impl RestStage {
                     Err(_) => requests = crossbeam_channel::never(),
                 },
                 recv(self.done) -> f => {
-                    if let Ok(f) = f {
-                        in_flight.remove(&f.request.instrument.id());
-                        if !self.finish(f, &mut queue, &mut queued, &mut failures, &mut not_before) {
-                            return;
-                        }
+                    // Every fetcher gone: the engine is stopping.
+                    let Ok(f) = f else { return };
+                    in_flight.remove(&f.request.instrument.id());
+                    if !self.finish(f, &mut queue, &mut queued, &mut failures, &mut not_before) {
+                        return;
                     }
                 },
                 default(wait) => {},
@@ -526,7 +531,10 @@ impl RestStage {
             }
             Err(e) => {
                 self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
-                *failures = failures.saturating_add(1);
+                // Fetches that fail together (one outage) lengthen the back-off once.
+                if Instant::now() >= *not_before {
+                    *failures = failures.saturating_add(1);
+                }
                 let delay = e.retry_after().unwrap_or_else(|| {
                     Duration::from_millis((200u64 << (*failures).min(8)).min(30_000))
                 });
@@ -535,12 +543,15 @@ impl RestStage {
                     req.instrument
                 );
                 *not_before = (*not_before).max(Instant::now() + delay);
-                // A newer request for the instrument, if one came meanwhile, stands for this one.
-                if (e.is_retryable() || req.reason == SnapshotReason::Resync)
-                    && !queued.contains(&req.instrument.id())
-                {
-                    queued.insert(req.instrument.id());
-                    queue.push_front(req);
+                if e.is_retryable() || req.reason == SnapshotReason::Resync {
+                    if queued.contains(&req.instrument.id()) {
+                        // Already asked for again: that request stands for this one, as a
+                        // resync if this was one.
+                        enqueue(queue, queued, req);
+                    } else {
+                        queued.insert(req.instrument.id());
+                        queue.push_front(req);
+                    }
                 }
                 true
             }

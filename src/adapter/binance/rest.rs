@@ -73,9 +73,6 @@ pub fn depth_weight(limit: u32) -> u32 {
 struct Budget {
     window_start: Instant,
     used: u32,
-    /// Weight of requests sent and not yet answered. An answer's `x-mbx-used-weight-1m`
-    /// counts that request but maybe not the others still in flight, so they are added to it.
-    in_flight: u32,
     banned_until: Option<Instant>,
 }
 
@@ -100,7 +97,6 @@ impl BinanceRest {
             budget: Mutex::new(Budget {
                 window_start: Instant::now(),
                 used: 0,
-                in_flight: 0,
                 banned_until: None,
             }),
         }
@@ -133,7 +129,6 @@ impl BinanceRest {
             });
         }
         b.used += weight;
-        b.in_flight += weight;
         Ok(())
     }
 
@@ -149,25 +144,19 @@ impl BinanceRest {
             url: url.clone(),
             reason: e.to_string(),
         };
-        let called = self.agent.get(&url).call();
-        let mut b = self.budget.lock();
-        b.in_flight -= weight;
-        let mut resp = match called {
-            Ok(resp) => resp,
-            Err(e) => {
-                drop(b);
-                return Err(transport(e));
-            }
-        };
+        let mut resp = self.agent.get(&url).call().map_err(transport)?;
+        // Our own count already holds every request we sent, including those still in
+        // flight; the exchange's count is higher only when something else on this IP spent
+        // weight. Answers arrive in any order, so the larger count stands.
         if let Some(used) = resp
             .headers()
             .get("x-mbx-used-weight-1m")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u32>().ok())
         {
-            b.used = used + b.in_flight;
+            let mut b = self.budget.lock();
+            b.used = b.used.max(used);
         }
-        drop(b);
         let status = resp.status().as_u16();
         if status == 429 || status == 418 {
             let retry_after = resp
