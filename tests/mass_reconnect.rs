@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use meltica::config::RouteConfig;
 use meltica::engine::Engine;
 use meltica::schema::{EventType, Quality};
-use meltica::simulator::{SimSymbol, Simulator, SimulatorConfig};
+use meltica::simulator::{Simulator, SimulatorConfig};
 
 #[test]
 fn fifty_instruments_reconnecting_at_once_stay_under_the_weight_limit() {
@@ -18,10 +18,7 @@ fn fifty_instruments_reconnecting_at_once_stay_under_the_weight_limit() {
         .map(|i| format!("Q{}{}", (b'A' + i / 26) as char, (b'A' + i % 26) as char))
         .collect();
     let sim = Simulator::start(SimulatorConfig {
-        symbols: bases
-            .iter()
-            .map(|b| SimSymbol::new(&format!("{b}USDT"), b, "USDT", "100", "0.01", "0.001"))
-            .collect(),
+        symbols: support::usdt_symbols(&bases),
         updates_per_sec: 10,
         trades_per_step: 0.0,
         rest_weight_limit: Some(6000),

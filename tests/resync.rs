@@ -108,14 +108,11 @@ fn a_gap_resyncs_only_the_affected_instrument() {
 #[test]
 fn slow_snapshots_are_fetched_side_by_side_within_the_configured_concurrency() {
     use meltica::config::RouteConfig;
-    use meltica::simulator::{FaultConfig, SimSymbol, Simulator, SimulatorConfig};
+    use meltica::simulator::{FaultConfig, Simulator, SimulatorConfig};
 
     let bases: Vec<String> = (0..8).map(|i| format!("S{}", (b'A' + i) as char)).collect();
     let sim = Simulator::start(SimulatorConfig {
-        symbols: bases
-            .iter()
-            .map(|b| SimSymbol::new(&format!("{b}USDT"), b, "USDT", "100", "0.01", "0.001"))
-            .collect(),
+        symbols: support::usdt_symbols(&bases),
         updates_per_sec: 10,
         trades_per_step: 0.0,
         ..SimulatorConfig::default()

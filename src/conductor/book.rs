@@ -202,6 +202,15 @@ mod tests {
         Decimal::from_raw(v)
     }
 
+    /// The reference semantics: zero removes a level, anything else sets it.
+    fn set(side: &mut BTreeMap<Decimal, Decimal>, p: Decimal, q: Decimal) {
+        if q.is_zero() {
+            side.remove(&p);
+        } else {
+            side.insert(p, q);
+        }
+    }
+
     #[test]
     fn levels_stay_sorted_and_zero_removes() {
         let mut b = OrderBook::default();
@@ -242,12 +251,7 @@ mod tests {
                 d(rng.i64(1..1000))
             };
             book.set(if bid { Side::Bid } else { Side::Ask }, p, q);
-            let side = if bid { &mut bids } else { &mut asks };
-            if q.is_zero() {
-                side.remove(&p);
-            } else {
-                side.insert(p, q);
-            }
+            set(if bid { &mut bids } else { &mut asks }, p, q);
         }
         assert_eq!(
             book.bid_levels(),
@@ -298,11 +302,7 @@ mod tests {
             }
             for (side, levels) in reference.iter_mut().zip([&bids, &asks]) {
                 for &(p, q) in levels {
-                    if q.is_zero() {
-                        side.remove(&p);
-                    } else {
-                        side.insert(p, q);
-                    }
+                    set(side, p, q);
                 }
             }
             assert_eq!(

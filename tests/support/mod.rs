@@ -25,6 +25,23 @@ pub fn meltica(args: &[&str]) -> std::process::Command {
     c
 }
 
+/// Simulated `<BASE>USDT` symbols, one per base asset.
+pub fn usdt_symbols(bases: &[String]) -> Vec<meltica::simulator::SimSymbol> {
+    bases
+        .iter()
+        .map(|b| {
+            meltica::simulator::SimSymbol::new(
+                &format!("{b}USDT"),
+                b,
+                "USDT",
+                "100",
+                "0.01",
+                "0.001",
+            )
+        })
+        .collect()
+}
+
 /// Starts a simulator on 127.0.0.1:0 with the given market steps per second.
 pub fn simulator(updates_per_sec: u32) -> Simulator {
     Simulator::start(SimulatorConfig {
