@@ -228,3 +228,51 @@ fn deltas_alone_get_a_live_book() {
     assert!(live, "no delta was ever flagged live");
     engine.shutdown().unwrap();
 }
+
+/// A `bookTicker` carries no event time: its `ts` is when the frame was received, whether
+/// read live or replayed with its recorded receive time.
+#[test]
+fn a_book_ticker_is_stamped_with_its_receive_time() {
+    use meltica::config::{Config, RouteConfig};
+
+    let top = r#"{"stream":"btcusdt@bookTicker","data":{"u":400900217,"s":"BTCUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}}"#;
+    for deterministic in [false, true] {
+        let mut cfg = Config {
+            instruments: vec!["BTC-USDT".into()],
+            ..Config::default()
+        };
+        cfg.dispatcher.routes = vec![RouteConfig::for_type(EventType::OrderbookTop)];
+        cfg.control.addr = None;
+        let mut builder = Engine::builder(cfg);
+        if deterministic {
+            builder = builder.deterministic();
+        }
+        let source = builder.frame_source();
+        let sub = builder.subscribe(
+            SubscriptionFilter::types(&[EventType::OrderbookTop]),
+            SubscribeOptions::default(),
+        );
+        let engine = builder.start().unwrap();
+        let recorded_ms: i64 = 1_700_000_000_123;
+        let before = meltica::clock::wall_ms();
+        if deterministic {
+            source
+                .push_frame_received(top, recorded_ms as u64 * 1_000_000)
+                .unwrap();
+        } else {
+            source.push_frame(top).unwrap();
+        }
+        let after = meltica::clock::wall_ms();
+        let ev = sub.recv_timeout(Duration::from_secs(5)).unwrap();
+        if deterministic {
+            assert_eq!(ev.ts_ms, recorded_ms);
+        } else {
+            assert!(
+                (before..=after).contains(&ev.ts_ms),
+                "{before} {} {after}",
+                ev.ts_ms
+            );
+        }
+        engine.shutdown().unwrap();
+    }
+}

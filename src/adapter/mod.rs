@@ -49,6 +49,17 @@ pub struct RawInstance {
     pub trace: Option<SpanCtx>,
 }
 
+impl RawInstance {
+    /// Stamps the receive time on a body that carries no event time of its own (a
+    /// `bookTicker`); `now` is read only for such a body.
+    #[inline]
+    pub fn stamp_received(&mut self, now: impl FnOnce() -> i64) {
+        if let RawBody::BookTicker(b) = &mut self.body {
+            b.received_ms = now();
+        }
+    }
+}
+
 /// The trace an event belongs to and the span of the stage that handled it last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpanCtx {

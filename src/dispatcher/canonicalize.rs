@@ -68,7 +68,7 @@ pub fn canonicalize(raw: RawInstance, seq: u64, trace_id: TraceId) -> Event {
             }),
         ),
         RawBody::BookTicker(b) => (
-            clock::wall_ms(),
+            b.received_ms,
             Payload::Top(BookTop {
                 update_id: b.update_id,
                 bid_price: b.bid_price,

@@ -78,7 +78,6 @@ pub struct Dispatcher {
     stats: Arc<DispatcherStats>,
     warned_unrouted: [bool; EventType::COUNT],
     tracing: Tracing,
-    deterministic: bool,
 }
 
 impl Dispatcher {
@@ -90,15 +89,14 @@ impl Dispatcher {
             stats,
             warned_unrouted: [false; EventType::COUNT],
             tracing: Tracing::off(),
-            deterministic: false,
         }
     }
 
     /// Replay mode (see [`crate::engine::EngineBuilder::deterministic`]): trace ids from a
-    /// fixed seed; times the exchange does not send are the frames' recorded receive times.
+    /// fixed seed. (Times the exchange does not send are the frames' receive times, which a
+    /// replay's frame source sets from the recording.)
     pub fn deterministic(mut self) -> Self {
         self.rng = fastrand::Rng::with_seed(0x006d_656c_7469_6361);
-        self.deterministic = true;
         self
     }
 
@@ -175,10 +173,7 @@ impl Dispatcher {
         let Some(ctx) = raw.trace else {
             let trace = TraceId::random(&mut self.rng);
             // `seq` is assigned by the publishing stage, so it stays gap-free.
-            let mut event = canonicalize::canonicalize(raw, 0, trace);
-            if self.deterministic && event.event_type == EventType::OrderbookTop {
-                event.ts_ms = (event.ingress_ns / 1_000_000) as i64;
-            }
+            let event = canonicalize::canonicalize(raw, 0, trace);
             return Some(Staged::Event { event, publish });
         };
         // A sampled event: its trace id is the adapter's; this stage's span is its parent

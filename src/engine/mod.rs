@@ -172,21 +172,28 @@ impl FrameSource {
     /// (`{"result":…,"id":…}`) and shutdown notices are accepted and ignored. Blocks while
     /// the pipeline is full.
     pub fn push_frame(&self, text: &str) -> Result<(), FrameError> {
-        self.push(text, crate::clock::mono_ns())
+        self.push(text, crate::clock::mono_ns(), crate::clock::wall_ms)
     }
 
     /// Like [`FrameSource::push_frame`], for a replay in deterministic mode: `received_ns`
     /// is the recorded receive time (nanoseconds since the epoch).
     pub fn push_frame_received(&self, text: &str, received_ns: u64) -> Result<(), FrameError> {
-        self.push(text, received_ns)
+        self.push(text, received_ns, || (received_ns / 1_000_000) as i64)
     }
 
-    fn push(&self, text: &str, ingress_ns: u64) -> Result<(), FrameError> {
+    /// `received_ms` is read only for a frame that carries no event time of its own.
+    fn push(
+        &self,
+        text: &str,
+        ingress_ns: u64,
+        received_ms: impl FnOnce() -> i64,
+    ) -> Result<(), FrameError> {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.frames.fetch_add(1, Relaxed);
         match parse_frame(text, &self.registry.load(), ingress_ns) {
-            Ok(Frame::Instance(raw)) => {
+            Ok(Frame::Instance(mut raw)) => {
                 self.stats.instances.fetch_add(1, Relaxed);
+                raw.stamp_received(received_ms);
                 self.tx
                     .send(Ingress::Raw(raw))
                     .map_err(|_| FrameError::Closed)

@@ -296,6 +296,7 @@ pub fn book_ticker(data: &str) -> Option<BinanceBookTicker> {
         bid_qty,
         ask_price,
         ask_qty,
+        received_ms: 0,
     })
 }
 

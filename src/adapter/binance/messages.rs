@@ -95,6 +95,10 @@ pub struct BinanceBookTicker {
     pub ask_price: Decimal,
     #[serde(rename = "A")]
     pub ask_qty: Decimal,
+    /// When meltica received it, in milliseconds since the epoch: a `bookTicker` carries no
+    /// event time. Set by whoever read the frame (0 straight out of the parser).
+    #[serde(skip)]
+    pub received_ms: i64,
 }
 
 /// `24hrTicker`.

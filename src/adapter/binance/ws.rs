@@ -459,6 +459,7 @@ impl WsConnection {
         match parsed {
             Ok(Frame::Instance(mut raw)) => {
                 local.instances += 1;
+                raw.stamp_received(clock::wall_ms);
                 if let Some(start) = sampled_at {
                     let trace = self.tracing.new_trace(rng);
                     let span = self.tracing.span(
