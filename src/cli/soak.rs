@@ -235,6 +235,12 @@ impl SoakReport {
                 v.push(format!("conservation: {t} has {n} unaccounted events"));
             }
         }
+        if self.ignored_retry_after > 0 {
+            v.push(format!(
+                "Retry-After ignored: {} requests reached the exchange inside a 429's or 418's Retry-After",
+                self.ignored_retry_after
+            ));
+        }
         if self.limit_429 > 0 {
             v.push(format!(
                 "REST weight limit exceeded: {} limit 429s",

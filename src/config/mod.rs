@@ -75,7 +75,9 @@ pub struct SnapshotFetchConfig {
     pub depth: u32,
     /// Periodic snapshot refresh; zero fetches only on subscription and resync.
     pub interval: Duration,
-    /// Snapshots fetched at once (one thread each), all under the one weight budget.
+    /// Snapshots fetched at once (one thread each), all under the one weight budget. Above 1,
+    /// requests already in flight when a 429 comes back reach the exchange inside its
+    /// `Retry-After`.
     pub concurrency: usize,
 }
 
@@ -380,7 +382,7 @@ impl Default for Config {
                     snapshot: SnapshotFetchConfig {
                         depth: 1000,
                         interval: Duration::ZERO,
-                        concurrency: 4,
+                        concurrency: 1,
                     },
                     trade_stream: TradeStream::Trade,
                     max_streams_per_connection: 1024,
