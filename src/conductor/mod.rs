@@ -151,8 +151,6 @@ impl Conductor {
         }
     }
 
-    /// Records `conductor.orchestrate` and `databus.publish` spans (and the end-to-end
-    /// latency of sampled events).
     /// Replay mode (see [`crate::engine::EngineBuilder::deterministic`]): a fused book's time
     /// is its last input's recorded receive time, and `latency_ns` is 0.
     pub fn deterministic(mut self) -> Self {
@@ -166,6 +164,8 @@ impl Conductor {
         self
     }
 
+    /// Records `conductor.orchestrate` and `databus.publish` spans (and the end-to-end
+    /// latency of sampled events).
     pub fn with_tracing(mut self, tracing: Tracing) -> Self {
         self.e2e_latency = tracing.is_enabled().then(|| {
             tracing
@@ -185,6 +185,7 @@ impl Conductor {
             self.slots.resize_with(id + 1, || None);
         }
         if self.slots[id].is_none() {
+            let key = Key::fused(inst.name());
             self.slots[id] = Some(Slot {
                 instrument: inst.clone(),
                 sync: BookSync::new(),
@@ -195,9 +196,9 @@ impl Conductor {
                 last_diff: Instant::now(),
                 last_ingress_ns: 0,
                 last_trace: TraceId::NONE,
-                cell: self.store.cell(&Key::fused(inst.name())),
+                cell: self.store.cell(&key),
                 version: 0,
-                key: Key::fused(inst.name()),
+                key,
             });
         }
         id

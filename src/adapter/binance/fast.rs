@@ -1,6 +1,6 @@
-//! Fast paths for the two hottest messages, `depthUpdate` and `trade`, in exactly the layout
-//! Binance sends (its field order, no whitespace, no escapes). Fields are read in one pass
-//! over the bytes, decimals converted in place. Anything else (another order, an extra
+//! Fast paths for the three hottest messages, `depthUpdate`, `trade` and `bookTicker`, in
+//! exactly the layout Binance sends (its field order, no whitespace, no escapes). Fields are
+//! read in one pass over the bytes, decimals converted in place. Anything else (another order, an extra
 //! field, whitespace, an escape) returns `None` and the frame takes the general serde path,
 //! so the fast path never changes what is accepted, only how fast.
 
@@ -14,6 +14,13 @@ struct Cur<'a> {
 }
 
 impl<'a> Cur<'a> {
+    fn new(data: &'a str) -> Self {
+        Cur {
+            b: data.as_bytes(),
+            i: 0,
+        }
+    }
+
     #[inline]
     fn lit(&mut self, s: &[u8]) -> Option<()> {
         if self.b.get(self.i..self.i + s.len())? == s {
@@ -205,10 +212,7 @@ fn eight_digits(word: u64) -> u64 {
 
 /// `{"e":"depthUpdate","E":…,"s":"…","U":…,"u":…,"b":[…],"a":[…]}`.
 pub fn depth_update(data: &str) -> Option<BinanceDepthUpdate> {
-    let mut c = Cur {
-        b: data.as_bytes(),
-        i: 0,
-    };
+    let mut c = Cur::new(data);
     c.lit(b"{\"e\":\"depthUpdate\",\"E\":")?;
     let event_time = c.i64()?;
     c.lit(b",\"s\":")?;
@@ -240,10 +244,7 @@ pub fn depth_update(data: &str) -> Option<BinanceDepthUpdate> {
 
 /// `{"e":"trade","E":…,"s":"…","t":…,"p":"…","q":"…","T":…,"m":…,"M":…}`.
 pub fn trade(data: &str) -> Option<BinanceTrade> {
-    let mut c = Cur {
-        b: data.as_bytes(),
-        i: 0,
-    };
+    let mut c = Cur::new(data);
     c.lit(b"{\"e\":\"trade\",\"E\":")?;
     let event_time = c.i64()?;
     c.lit(b",\"s\":")?;
@@ -273,10 +274,7 @@ pub fn trade(data: &str) -> Option<BinanceTrade> {
 
 /// `{"u":…,"s":"…","b":"…","B":"…","a":"…","A":"…"}`.
 pub fn book_ticker(data: &str) -> Option<BinanceBookTicker> {
-    let mut c = Cur {
-        b: data.as_bytes(),
-        i: 0,
-    };
+    let mut c = Cur::new(data);
     c.lit(b"{\"u\":")?;
     let update_id = c.u64()?;
     c.lit(b",\"s\":")?;
@@ -344,10 +342,7 @@ mod tests {
             let int = rng.u64(..10u64.pow(digits));
             let frac: String = (0..8).map(|_| rng.char('0'..='9')).collect();
             let text = format!("\"{int}.{frac}\"");
-            let mut c = Cur {
-                b: text.as_bytes(),
-                i: 0,
-            };
+            let mut c = Cur::new(&text);
             let general: Option<Decimal> = serde_json::from_str(&text).ok();
             assert_eq!(c.decimal(), general, "{text}");
         }
@@ -357,10 +352,7 @@ mod tests {
             "\"1.:2345678\"",
             "\"1.12345678",
         ] {
-            let mut c = Cur {
-                b: odd.as_bytes(),
-                i: 0,
-            };
+            let mut c = Cur::new(odd);
             assert_eq!(c.decimal(), None, "{odd}");
         }
     }
