@@ -12,8 +12,8 @@ use crate::config::validate::parse_duration;
 use crate::config::{BackpressurePolicy, BusBackend, Config, StoreBackend};
 use crate::engine::Engine;
 
-pub const USAGE: &str = "\
-  meltica record --out FILE [--config PATH] [--duration 30s]
+// No line continuation here: it would eat the indentation of the first line.
+pub const USAGE: &str = "  meltica record --out FILE [--config PATH] [--duration 30s]
   meltica replay FILE [--speed 1x|2x|max] [--emit ndjson]";
 
 fn flag_value<'a>(

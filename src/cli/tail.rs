@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use crate::config::validate::parse_duration;
 use crate::schema::EventType;
 
-pub const USAGE: &str = "\
-  meltica tail [--nats nats://127.0.0.1:4222 | --url ws://HOST:PORT/events?type=TRADE]
+// No line continuation here: it would eat the indentation of the first line.
+pub const USAGE: &str =
+    "  meltica tail [--nats nats://127.0.0.1:4222 | --url ws://HOST:PORT/events?type=TRADE]
                [--type TRADE,ANALYTICS.FUSED] [--instrument BTC-USDT,ETH-USDT]
                [--from first|new|seq:N] [--prefix meltica] [--token T]
                [--format ndjson|table] [--count N] [--duration 30s]";
