@@ -529,6 +529,19 @@ impl RestStage {
                 };
                 self.out.send(Ingress::Raw(raw)).is_ok()
             }
+            Err(RestError::BudgetExhausted { wait }) => {
+                // Nothing was sent: the request waits for the next weight window. Not a
+                // failure, and said once per window rather than once per book.
+                if Instant::now() + wait > *not_before {
+                    crate::info!(
+                        "snapshots wait {wait:.1?} for the request-weight budget ({} queued)",
+                        queue.len() + 1
+                    );
+                }
+                *not_before = (*not_before).max(Instant::now() + wait);
+                requeue(queue, queued, req);
+                true
+            }
             Err(e) => {
                 self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
                 // Fetches that fail together (one outage) lengthen the back-off once.
@@ -539,23 +552,33 @@ impl RestStage {
                     Duration::from_millis((200u64 << (*failures).min(8)).min(30_000))
                 });
                 crate::warn!(
-                    "snapshot of {} failed: {e}; retrying in {delay:?}",
+                    "snapshot of {} failed: {e}; retrying in {delay:.1?}",
                     req.instrument
                 );
                 *not_before = (*not_before).max(Instant::now() + delay);
                 if e.is_retryable() || req.reason == SnapshotReason::Resync {
-                    if queued.contains(&req.instrument.id()) {
-                        // Already asked for again: that request stands for this one, as a
-                        // resync if this was one.
-                        enqueue(queue, queued, req);
-                    } else {
-                        queued.insert(req.instrument.id());
-                        queue.push_front(req);
-                    }
+                    requeue(queue, queued, req);
                 }
                 true
             }
         }
+    }
+}
+
+/// Puts a request that did not succeed back at the front of the queue, keeping its place
+/// ahead of later ones.
+fn requeue(
+    queue: &mut VecDeque<SnapshotRequest>,
+    queued: &mut BTreeSet<u32>,
+    req: SnapshotRequest,
+) {
+    if queued.contains(&req.instrument.id()) {
+        // Already asked for again: that request stands for this one, as a resync if this
+        // was one.
+        enqueue(queue, queued, req);
+    } else {
+        queued.insert(req.instrument.id());
+        queue.push_front(req);
     }
 }
 
