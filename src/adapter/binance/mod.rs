@@ -532,14 +532,15 @@ impl RestStage {
             Err(RestError::BudgetExhausted { wait }) => {
                 // Nothing was sent: the request waits for the next weight window. Not a
                 // failure, and said once per window rather than once per book.
-                if Instant::now() + wait > *not_before {
+                let until = Instant::now() + wait;
+                requeue(queue, queued, req);
+                if until > *not_before {
                     crate::info!(
                         "snapshots wait {wait:.1?} for the request-weight budget ({} queued)",
-                        queue.len() + 1
+                        queue.len()
                     );
+                    *not_before = until;
                 }
-                *not_before = (*not_before).max(Instant::now() + wait);
-                requeue(queue, queued, req);
                 true
             }
             Err(e) => {
